@@ -1,0 +1,219 @@
+//! Shared end-to-end harness: a client for the local control plane started by
+//! `e2e/cluster.sh up`, one operator process for the whole test binary, and a namespace per test.
+//! There is no fallback: without a control plane every test fails with instructions.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use k8s_openapi::{
+    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+pub const OPERATOR_NAMESPACE: &str = "mtls-system";
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("MTLS_E2E_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/e2e-cluster/kubeconfig"))
+}
+
+pub async fn client() -> Client {
+    let path = kubeconfig_path();
+    let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
+        panic!(
+            "no local control plane: cannot read {} ({e}).\nStart it with `e2e/cluster.sh up`, or run the whole suite with `e2e/test.sh`.",
+            path.display()
+        )
+    });
+    let config =
+        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is valid");
+    let client = Client::try_from(config).expect("client from kubeconfig");
+    if let Err(e) = client.apiserver_version().await {
+        panic!(
+            "the local control plane in {} does not answer: {e}.\nStart it with `e2e/cluster.sh up`.",
+            path.display()
+        );
+    }
+    client
+}
+
+/// A namespace owned by one test, deleted when the guard drops.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    pub async fn new(client: &Client, prefix: &str) -> Self {
+        let name = format!("{prefix}-{:06x}", rand_u32() & 0xffffff);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"mtls-e2e": "true"}}
+        }))
+        .unwrap();
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create test namespace");
+        TestNamespace { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if std::env::var_os("MTLS_E2E_KEEP").is_some() {
+            return;
+        }
+        let name = self.name.clone();
+        cleanup(move |client| async move {
+            let _ = Api::<Namespace>::all(client).delete(&name, &DeleteParams::background()).await;
+        });
+    }
+}
+
+/// Runs `f` to completion from a destructor. The test's own runtime is single-threaded and busy
+/// dropping us, so this uses a fresh thread, runtime and client (a client is tied to the runtime
+/// that created it).
+pub fn cleanup<F, Fut>(f: F)
+where
+    F: FnOnce(Client) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move { f(client().await).await });
+    })
+    .join();
+}
+
+pub fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
+
+/// Applies the checked-in CRDs (what a user applies) and waits until both are Established.
+pub async fn install_crds(client: &Client) {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for entry in std::fs::read_dir(repo_root().join("crds")).expect("crds/ exists") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crd: CustomResourceDefinition =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        api.patch(&crd.name_any(), &PatchParams::apply("mtls-e2e").force(), &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
+    }
+    for name in ["mtlsauthorities.mtls.io", "mtlsidentities.mtls.io"] {
+        wait_for(Duration::from_secs(30), || {
+            let api = api.clone();
+            async move {
+                let crd = api.get(name).await.ok()?;
+                let conds = crd.status?.conditions?;
+                conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
+            }
+        })
+        .await
+        .unwrap_or_else(|| panic!("CRD {name} did not become Established"));
+    }
+}
+
+/// Polls `f` every 100 ms until it returns Some, or gives up after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub struct Operator {
+    pub metrics_url: String,
+    pub log: PathBuf,
+    _child: Child,
+}
+
+static OPERATOR: OnceLock<Operator> = OnceLock::new();
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts (once per test binary) the real operator binary against the local control plane,
+/// after installing the CRDs and the operator namespace. The operator exits when this test
+/// process does (its stdin closes).
+pub async fn operator() -> &'static Operator {
+    if let Some(op) = OPERATOR.get() {
+        return op;
+    }
+    let client = client().await;
+    install_crds(&client).await;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
+    let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
+    let op = OPERATOR.get_or_init(|| {
+        let port = free_port();
+        let log = repo_root().join(format!("target/e2e-cluster/operator-e2e-{port}.log"));
+        let out = std::fs::File::create(&log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
+            .args([
+                "run",
+                "--namespace",
+                OPERATOR_NAMESPACE,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--exit-on-stdin-close",
+            ])
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", std::env::var("MTLS_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the operator binary");
+        Operator { metrics_url: format!("http://127.0.0.1:{port}"), log, _child: child }
+    });
+    let ready = format!("{}/readyz", op.metrics_url);
+    wait_for(Duration::from_secs(30), || {
+        let ready = ready.clone();
+        async move { http_get(&ready).await.ok().filter(|(code, _)| *code == 200).map(|_| ()) }
+    })
+    .await
+    .unwrap_or_else(|| panic!("operator did not become ready; log: {}", op.log.display()));
+    op
+}
+
+/// Minimal HTTP/1.0 GET for the operator's probes and metrics.
+pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = tokio::net::TcpStream::connect(host).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig_path()).output().expect("kubectl is installed")
+}

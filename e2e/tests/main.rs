@@ -1,0 +1,7 @@
+//! End-to-end tests against the real local control plane (`e2e/cluster.sh up`). Each test works
+//! in its own namespace and, where it needs one, its own cluster-scoped authority.
+
+mod harness;
+
+mod foundation;
+mod issuance;

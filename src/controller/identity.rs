@@ -1,0 +1,539 @@
+//! Reconciles an `MtlsIdentity` into its `kubernetes.io/tls` Secret: issues when missing, due,
+//! changed or tampered with; repairs metadata and `ca.crt` without re-issuing; never touches a
+//! Secret it does not own; writes nothing when nothing changed.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use jiff::Timestamp;
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{Namespace, Secret},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    core::PartialObjectMeta,
+    runtime::{controller::Action, reflector::Store},
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    ANN_BUNDLE_VERSION, ANN_ISSUER, ANN_NOT_AFTER, ANN_RENEWAL_TIME, ANN_SERIAL, ANN_SPEC_HASH, ANN_SPIFFE_ID,
+    AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition, parse_rfc3339,
+    rfc3339,
+};
+use crate::{
+    crd::{KeyAlgorithm, MtlsIdentity, MtlsIdentityStatus, Usage},
+    duration,
+    error::Error,
+    pki::{self, CLOCK_SKEW_ALLOWANCE, LeafRequest},
+    policy::{self, Subject},
+    schedule,
+};
+
+/// Why the identity is not Ready; each becomes the condition reason and one Warning Event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Why a new certificate is being issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IssueKind {
+    /// No Secret yet.
+    Initial,
+    /// The renewal time has come.
+    Renewal,
+    /// The spec or the signer changed.
+    Reissue,
+    /// The Secret's certificate or key was damaged or does not match what it should be.
+    Repair,
+}
+
+impl IssueKind {
+    fn event_reason(self) -> &'static str {
+        match self {
+            IssueKind::Initial => "Issued",
+            IssueKind::Renewal => "Renewed",
+            IssueKind::Reissue => "Reissued",
+            IssueKind::Repair => "Repaired",
+        }
+    }
+    pub fn label(self) -> &'static str {
+        match self {
+            IssueKind::Initial => "initial",
+            IssueKind::Renewal => "renewal",
+            IssueKind::Reissue => "reissue",
+            IssueKind::Repair => "repair",
+        }
+    }
+}
+
+/// Everything the certificate must satisfy, resolved from the identity and its authority.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    pub subject: Subject,
+    pub usages: Vec<Usage>,
+    pub algorithm: KeyAlgorithm,
+    pub duration: Duration,
+    pub renew_before: Duration,
+    /// Hash of everything above plus the signer: a change means re-issue.
+    pub spec_hash: String,
+}
+
+pub fn secret_name(id: &MtlsIdentity) -> String {
+    id.spec.secret_name.clone().unwrap_or_else(|| format!("{}-mtls", id.name_any()))
+}
+
+/// Resolves what the leaf must contain, or the problem that prevents issuing it.
+pub fn desired(
+    id: &MtlsIdentity,
+    auth_name: &str,
+    auth: &AuthorityState,
+    namespace_labels: &BTreeMap<String, String>,
+) -> Result<Desired, Problem> {
+    let ns = id.namespace().unwrap_or_default();
+    let name = id.name_any();
+    let subject =
+        policy::resolve(auth_name, &auth.spec, &ns, namespace_labels, &name, &id.spec).map_err(|e| Problem {
+            reason: match e {
+                policy::PolicyError::NamespaceNotAllowed { .. } => "NamespaceNotAllowed",
+                _ => "PolicyViolation",
+            },
+            message: e.to_string(),
+        })?;
+    let leaf = &auth.spec.leaf;
+    let bad = |m: String| Problem { reason: "InvalidDuration", message: m };
+    let min = duration::parse(&leaf.min_duration).map_err(|e| bad(format!("authority leaf.minDuration: {e}")))?;
+    let max = duration::parse(&leaf.max_duration).map_err(|e| bad(format!("authority leaf.maxDuration: {e}")))?;
+    let dur = match &id.spec.duration {
+        Some(d) => duration::parse(d).map_err(|e| bad(format!("spec.duration: {e}")))?,
+        None => {
+            duration::parse(&leaf.default_duration).map_err(|e| bad(format!("authority leaf.defaultDuration: {e}")))?
+        }
+    };
+    if dur < min || dur > max {
+        return Err(Problem {
+            reason: "DurationOutOfBounds",
+            message: format!(
+                "duration {} is outside authority {auth_name}'s bounds {}..{} (leaf.minDuration..leaf.maxDuration)",
+                duration::format(dur),
+                leaf.min_duration,
+                leaf.max_duration
+            ),
+        });
+    }
+    let renew_before = match (&id.spec.renew_before, &leaf.default_renew_before) {
+        (Some(r), _) => duration::parse(r).map_err(|e| bad(format!("spec.renewBefore: {e}")))?,
+        (None, Some(r)) => duration::parse(r).map_err(|e| bad(format!("authority leaf.defaultRenewBefore: {e}")))?,
+        (None, None) => schedule::default_renew_before(dur),
+    };
+    if renew_before >= dur {
+        return Err(Problem {
+            reason: "InvalidDuration",
+            message: format!(
+                "renewBefore {} must be shorter than duration {}",
+                duration::format(renew_before),
+                duration::format(dur)
+            ),
+        });
+    }
+    let mut usages = id.spec.usages.clone();
+    usages.sort();
+    usages.dedup();
+    let algorithm = id.spec.private_key.algorithm;
+    let mut h = Sha256::new();
+    h.update(format!(
+        "{}|{:?}|{:?}|{:?}|{}|{}|{}|{}",
+        subject.spiffe_id,
+        subject.dns_names,
+        subject.ip_addresses,
+        usages,
+        algorithm.as_str(),
+        dur.as_secs(),
+        renew_before.as_secs(),
+        auth.signer.facts.fingerprint
+    ));
+    let spec_hash = hex::encode(&h.finalize()[..16]);
+    Ok(Desired { subject, usages, algorithm, duration: dur, renew_before, spec_hash })
+}
+
+fn data_str<'a>(s: &'a Secret, key: &str) -> Option<&'a str> {
+    s.data.as_ref()?.get(key).and_then(|b| std::str::from_utf8(&b.0).ok())
+}
+
+/// What the existing Secret's certificate says, if it can be kept.
+pub struct Current {
+    pub tls_crt: String,
+    pub tls_key: String,
+    pub facts: pki::CertFacts,
+    pub renewal_time: Timestamp,
+}
+
+/// Decides whether the certificate in `secret` can be kept at `now`, and if not, why.
+pub fn assess(
+    secret: Option<&Secret>,
+    want: &Desired,
+    auth: &AuthorityState,
+    now: Timestamp,
+) -> Result<Current, IssueKind> {
+    let Some(secret) = secret else { return Err(IssueKind::Initial) };
+    let (Some(crt), Some(key)) = (data_str(secret, "tls.crt"), data_str(secret, "tls.key")) else {
+        return Err(IssueKind::Repair);
+    };
+    let Ok(leaf) = pki::inspect_leaf(crt, key) else { return Err(IssueKind::Repair) };
+    if !leaf.key_matches {
+        return Err(IssueKind::Repair);
+    }
+    // The certificate must say exactly what it should.
+    let mut usages = leaf.usages.clone();
+    usages.sort();
+    if leaf.uris != [want.subject.spiffe_id.clone()]
+        || leaf.dns_names != want.subject.dns_names
+        || leaf.ip_addresses != want.subject.ip_addresses
+        || usages != want.usages
+        || leaf.algorithm != Some(want.algorithm)
+    {
+        return Err(IssueKind::Reissue);
+    }
+    let hash = secret.annotations().get(ANN_SPEC_HASH);
+    if !leaf.signed_by(&auth.signer) || hash != Some(&want.spec_hash) {
+        return Err(IssueKind::Reissue);
+    }
+    // Intermediates must be the signer's chain.
+    let want_chain: Vec<Vec<u8>> =
+        auth.signer.chain_pem.iter().filter_map(|p| pki::parse_pem_certs("chain", p).ok()).flatten().collect();
+    if leaf.chain_der != want_chain {
+        return Err(IssueKind::Repair);
+    }
+    let renewal =
+        schedule::renewal_time(leaf.facts.not_before, leaf.facts.not_after, want.renew_before, &leaf.facts.serial);
+    if now >= renewal || now >= leaf.facts.not_after {
+        return Err(IssueKind::Renewal);
+    }
+    Ok(Current { tls_crt: crt.to_string(), tls_key: key.to_string(), facts: leaf.facts, renewal_time: renewal })
+}
+
+fn owner_reference(id: &MtlsIdentity) -> OwnerReference {
+    OwnerReference {
+        api_version: MtlsIdentity::api_version(&()).into_owned(),
+        kind: MtlsIdentity::kind(&()).into_owned(),
+        name: id.name_any(),
+        uid: id.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+pub fn owned_by(secret: &Secret, id: &MtlsIdentity) -> bool {
+    let uid = id.uid().unwrap_or_default();
+    secret.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
+}
+
+/// The Secret as it should be, given the certificate it should hold. Labels and annotations
+/// that others added are kept; ours are enforced.
+pub fn build_secret(
+    id: &MtlsIdentity,
+    auth_name: &str,
+    want: &Desired,
+    cur: &Current,
+    bundle: &super::Bundle,
+    issuer_fingerprint: &str,
+    existing: Option<&Secret>,
+) -> Secret {
+    let template = id.spec.secret_template.clone().unwrap_or_default();
+    let mut labels = existing.map(|s| s.labels().clone()).unwrap_or_default();
+    labels.extend(template.labels);
+    labels.insert(LABEL_MANAGED_BY.into(), MANAGER.into());
+    labels.insert(LABEL_AUTHORITY.into(), auth_name.into());
+    labels.insert(LABEL_IDENTITY.into(), id.name_any());
+    let mut annotations = existing.map(|s| s.annotations().clone()).unwrap_or_default();
+    annotations.extend(template.annotations);
+    for (k, v) in [
+        (ANN_SPIFFE_ID, want.subject.spiffe_id.clone()),
+        (ANN_SERIAL, cur.facts.serial.clone()),
+        (ANN_NOT_AFTER, rfc3339(cur.facts.not_after)),
+        (ANN_RENEWAL_TIME, rfc3339(cur.renewal_time)),
+        (ANN_ISSUER, issuer_fingerprint.to_string()),
+        (ANN_BUNDLE_VERSION, bundle.version.to_string()),
+        (ANN_SPEC_HASH, want.spec_hash.clone()),
+    ] {
+        annotations.insert(k.into(), v);
+    }
+    let mut owners: Vec<OwnerReference> = existing
+        .map(|s| s.owner_references().to_vec())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.controller != Some(true))
+        .collect();
+    owners.push(owner_reference(id));
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret_name(id)),
+            namespace: id.namespace(),
+            labels: Some(labels),
+            annotations: Some(annotations),
+            owner_references: Some(owners),
+            resource_version: existing.and_then(|s| s.resource_version()),
+            ..Default::default()
+        },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".to_string(), ByteString(cur.tls_crt.clone().into_bytes())),
+            ("tls.key".to_string(), ByteString(cur.tls_key.clone().into_bytes())),
+            ("ca.crt".to_string(), ByteString(bundle.pem.clone().into_bytes())),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Whether writing `want` over `have` would change anything.
+pub fn secret_differs(have: &Secret, want: &Secret) -> bool {
+    have.type_ != want.type_
+        || have.data != want.data
+        || have.metadata.labels != want.metadata.labels
+        || have.metadata.annotations != want.metadata.annotations
+        || have.metadata.owner_references != want.metadata.owner_references
+}
+
+fn key_of(id: &MtlsIdentity) -> String {
+    format!("identity/{}/{}", id.namespace().unwrap_or_default(), id.name_any())
+}
+
+pub struct Stores {
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+}
+
+pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    if id.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let ns = id.namespace().unwrap_or_default();
+    let name = id.name_any();
+    let now = Timestamp::now();
+    let auth_name = id.spec.authority_ref.clone();
+    let status = id.status.clone().unwrap_or_default();
+
+    let Some(auth) = ctx.authority(&auth_name) else {
+        let exists = Api::<crate::crd::MtlsAuthority>::all(ctx.client.clone())
+            .get_opt(&auth_name)
+            .await
+            .map_err(Error::kube("reading MtlsAuthority"))?
+            .is_some();
+        let p = if exists {
+            Problem {
+                reason: "AuthorityNotReady",
+                message: format!("MtlsAuthority {auth_name} is not ready; see its status"),
+            }
+        } else {
+            Problem {
+                reason: "AuthorityNotFound",
+                message: format!("MtlsAuthority {auth_name} (spec.authorityRef) does not exist"),
+            }
+        };
+        return not_ready(&id, &ctx, &status, p, now).await;
+    };
+    // The namespace cache may not have caught up with a brand-new namespace: ask the API then.
+    let ns_labels = match stores.namespaces.get(&kube::runtime::reflector::ObjectRef::new(&ns)) {
+        Some(n) => n.labels().clone(),
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_metadata_opt(&ns)
+            .await
+            .map_err(Error::kube("reading Namespace"))?
+            .map(|n| n.labels().clone())
+            .unwrap_or_default(),
+    };
+    let want = match desired(&id, &auth_name, &auth, &ns_labels) {
+        Ok(w) => w,
+        Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
+    };
+
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let sname = secret_name(&id);
+    let existing = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
+    if let Some(s) = &existing {
+        if !owned_by(s, &id) {
+            let p = Problem {
+                reason: "SecretConflict",
+                message: format!(
+                    "Secret {ns}/{sname} exists and is not owned by this MtlsIdentity; delete it or set spec.secretName"
+                ),
+            };
+            return not_ready(&id, &ctx, &status, p, now).await;
+        }
+    }
+
+    let (current, issued) = match assess(existing.as_ref(), &want, &auth, now) {
+        Ok(cur) => (cur, None),
+        Err(kind) => {
+            // A Secret deleted after it was issued is a repair, not a first issuance.
+            let kind =
+                if kind == IssueKind::Initial && status.serial_number.is_some() { IssueKind::Repair } else { kind };
+            ctx.limiter.acquire().await;
+            let started = std::time::Instant::now();
+            let req = LeafRequest {
+                common_name: format!("{}.{ns}", want.subject.service_account),
+                spiffe_id: want.subject.spiffe_id.clone(),
+                dns_names: want.subject.dns_names.clone(),
+                ip_addresses: want.subject.ip_addresses.clone(),
+                usages: want.usages.clone(),
+                algorithm: want.algorithm,
+                not_before: now - CLOCK_SKEW_ALLOWANCE,
+                not_after: now + want.duration,
+            };
+            let signer = auth.signer.clone();
+            let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
+                .await
+                .map_err(|e| Error::Pki(pki::PkiError::Generate(format!("issuing task failed: {e}"))))??;
+            let renewal = schedule::renewal_time(
+                leaf.facts.not_before,
+                leaf.facts.not_after,
+                want.renew_before,
+                &leaf.facts.serial,
+            );
+            ctx.metrics.observe_issuance(&auth_name, kind.label(), started.elapsed());
+            (
+                Current {
+                    tls_crt: leaf.cert_chain_pem,
+                    tls_key: leaf.key.expose().to_string(),
+                    facts: leaf.facts,
+                    renewal_time: renewal,
+                },
+                Some(kind),
+            )
+        }
+    };
+    let desired_secret =
+        build_secret(&id, &auth_name, &want, &current, &auth.bundle, &auth.signer.facts.fingerprint, existing.as_ref());
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let secret_written = match &existing {
+        None => {
+            secrets.create(&pp, &desired_secret).await.map_err(Error::kube("creating identity Secret"))?;
+            true
+        }
+        Some(have) if secret_differs(have, &desired_secret) => {
+            secrets.replace(&sname, &pp, &desired_secret).await.map_err(Error::kube("updating identity Secret"))?;
+            true
+        }
+        Some(_) => false,
+    };
+
+    let message = format!(
+        "certificate {} valid until {}, renews at {}",
+        &current.facts.serial[..16.min(current.facts.serial.len())],
+        rfc3339(current.facts.not_after),
+        rfc3339(current.renewal_time)
+    );
+    let new_status = MtlsIdentityStatus {
+        conditions: vec![condition(
+            &status.conditions,
+            "Ready",
+            true,
+            "Issued",
+            message.clone(),
+            id.metadata.generation,
+            now,
+        )],
+        spiffe_id: Some(want.subject.spiffe_id.clone()),
+        serial_number: Some(current.facts.serial.clone()),
+        not_before: Some(rfc3339(current.facts.not_before)),
+        not_after: Some(rfc3339(current.facts.not_after)),
+        renewal_time: Some(rfc3339(current.renewal_time)),
+        issuer_fingerprint: Some(auth.signer.facts.fingerprint.clone()),
+        bundle_version: Some(auth.bundle.version),
+        secret_name: Some(sname.clone()),
+        observed_generation: id.metadata.generation,
+        // Success clears the failure count but keeps when the last failure was.
+        failure_count: None,
+        last_failure_time: status.last_failure_time.clone(),
+    };
+    if new_status != status {
+        patch_status(&ctx, &id, &new_status).await?;
+    }
+    ctx.clear_failures(&key_of(&id));
+    ctx.metrics.set_identity(&ns, &name, current.facts.not_after.as_second(), current.renewal_time.as_second());
+    match issued {
+        Some(kind) => {
+            let note = format!("{} certificate {}: {message}", kind.event_reason(), &current.facts.serial);
+            ctx.event(&id.object_ref(&()), false, kind.event_reason(), note).await;
+        }
+        None if secret_written => {
+            ctx.event(
+                &id.object_ref(&()),
+                false,
+                "SecretRepaired",
+                format!("restored Secret {sname} (metadata or trust bundle)"),
+            )
+            .await;
+        }
+        None => {}
+    }
+    // Wake exactly at the renewal time; nothing polls.
+    let wait = current.renewal_time.duration_since(Timestamp::now());
+    let wait = if wait.is_positive() { wait.unsigned_abs() } else { Duration::ZERO };
+    Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+}
+
+async fn patch_status(ctx: &Context, id: &MtlsIdentity, status: &MtlsIdentityStatus) -> Result<(), Error> {
+    let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
+    api.patch_status(&id.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status })))
+        .await
+        .map_err(Error::kube("writing identity status"))?;
+    Ok(())
+}
+
+/// Records a problem: `Ready=False` with its reason, and one Warning Event when it is new.
+async fn not_ready(
+    id: &MtlsIdentity,
+    ctx: &Context,
+    status: &MtlsIdentityStatus,
+    p: Problem,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let prev = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let in_status = prev.is_some_and(|c| c.status == "False" && c.reason == p.reason && c.message == p.message);
+    let is_new = ctx.note_problem(&key_of(id), p.reason, &p.message) && !in_status;
+    let mut new_status = status.clone();
+    new_status.conditions =
+        vec![condition(&status.conditions, "Ready", false, p.reason, p.message.clone(), id.metadata.generation, now)];
+    new_status.observed_generation = id.metadata.generation;
+    if new_status != *status {
+        patch_status(ctx, id, &new_status).await?;
+    }
+    if is_new {
+        ctx.metrics.reconcile_error(p.reason);
+        ctx.event(&id.object_ref(&()), true, p.reason, p.message).await;
+    }
+    // Fixed by a change to this object, its authority or its namespace: all are watched.
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
+    let key = key_of(&id);
+    let n = ctx.note_failure(&key);
+    ctx.metrics.reconcile_error(err.reason());
+    let remaining = id
+        .status
+        .as_ref()
+        .and_then(|s| s.not_after.as_deref())
+        .and_then(parse_rfc3339)
+        .map(|t| t.duration_since(Timestamp::now()))
+        .filter(|d| d.is_positive())
+        .map(|d| d.unsigned_abs());
+    let delay = if err.is_conflict() { Duration::from_millis(200) } else { super::retry_backoff(n, remaining) };
+    tracing::warn!(identity = %key, error = %err, failures = n, retry_in = ?delay, "identity reconcile failed");
+    // Record the failure in status where the API lets us (it may be the API that is failing).
+    if !err.is_conflict() {
+        let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
+        let patch =
+            serde_json::json!({ "status": { "failureCount": n, "lastFailureTime": rfc3339(Timestamp::now()) } });
+        let name = id.name_any();
+        tokio::spawn(async move {
+            let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await;
+        });
+    }
+    Action::requeue(delay)
+}

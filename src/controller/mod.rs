@@ -1,0 +1,229 @@
+//! The Kubernetes side: watches, the shared context, and the two reconcilers. Each reconciler
+//! reads, calls the pure core (`pki`, `policy`, `schedule`) and writes; nothing here decides what
+//! a certificate should contain.
+
+pub mod authority;
+pub mod identity;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use jiff::{Timestamp, Unit};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{
+    Client,
+    runtime::events::{Event, EventType, Recorder},
+};
+
+use crate::{crd::MtlsAuthoritySpec, metrics::Metrics, pki::SigningCa, ratelimit::RateLimiter};
+
+pub const MANAGER: &str = "mtls-operator";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const LABEL_AUTHORITY: &str = "mtls.io/authority";
+pub const LABEL_IDENTITY: &str = "mtls.io/identity";
+pub const LABEL_CA_GENERATION: &str = "mtls.io/ca-generation";
+pub const ANN_SPIFFE_ID: &str = "mtls.io/spiffe-id";
+pub const ANN_SERIAL: &str = "mtls.io/serial";
+pub const ANN_NOT_AFTER: &str = "mtls.io/not-after";
+pub const ANN_RENEWAL_TIME: &str = "mtls.io/renewal-time";
+pub const ANN_ISSUER: &str = "mtls.io/issuer-fingerprint";
+pub const ANN_BUNDLE_VERSION: &str = "mtls.io/bundle-version";
+pub const ANN_BUNDLE_SHA256: &str = "mtls.io/bundle-sha256";
+pub const ANN_SPEC_HASH: &str = "mtls.io/spec-hash";
+pub const ANN_FINGERPRINT: &str = "mtls.io/fingerprint";
+
+/// Label selector for every object this operator writes.
+pub fn managed_selector() -> String {
+    format!("{LABEL_MANAGED_BY}={MANAGER}")
+}
+
+/// What the identity controller needs to know about a ready authority. Published by the
+/// authority controller before it writes the authority's status, so that an identity woken by
+/// that status change always finds it.
+pub struct AuthorityState {
+    pub generation: Option<i64>,
+    pub spec: MtlsAuthoritySpec,
+    pub signer: SigningCa,
+    pub bundle: Bundle,
+}
+
+/// A trust bundle: member certificates in a stable order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    pub version: i64,
+    pub pem: String,
+    pub sha256: String,
+    pub members: Vec<String>,
+}
+
+pub struct Context {
+    pub client: Client,
+    /// The operator's namespace: CA Secrets live here.
+    pub namespace: String,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub limiter: RateLimiter,
+    pub authorities: RwLock<HashMap<String, Arc<AuthorityState>>>,
+    /// Names of authorities whose signer, bundle or spec changed: their identities must be
+    /// reconciled again.
+    pub authority_changed: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Consecutive failures per object, for backoff.
+    pub failures: RwLock<HashMap<String, u32>>,
+    /// The last problem reported per object (reason, message): a reconcile that starts from a
+    /// cached object whose status lags behind must not report the same problem twice.
+    pub reported: RwLock<HashMap<String, (String, String)>>,
+}
+
+impl Context {
+    pub fn authority(&self, name: &str) -> Option<Arc<AuthorityState>> {
+        self.authorities.read().expect("authority map lock poisoned").get(name).cloned()
+    }
+
+    /// Publishes what identities need of an authority (None: not usable) and wakes the
+    /// authority's identities when that changed.
+    pub fn publish_authority(&self, name: &str, state: Option<AuthorityState>) {
+        let changed = {
+            let mut map = self.authorities.write().expect("authority map lock poisoned");
+            let before =
+                map.get(name).map(|s| (s.signer.facts.fingerprint.clone(), s.bundle.sha256.clone(), s.spec.clone()));
+            let after =
+                state.as_ref().map(|s| (s.signer.facts.fingerprint.clone(), s.bundle.sha256.clone(), s.spec.clone()));
+            match state {
+                Some(s) => map.insert(name.to_string(), Arc::new(s)),
+                None => map.remove(name),
+            };
+            before != after
+        };
+        if changed {
+            let _ = self.authority_changed.send(name.to_string());
+        }
+    }
+
+    /// Records one more failure for `key`; returns the consecutive count.
+    pub fn note_failure(&self, key: &str) -> u32 {
+        let mut f = self.failures.write().expect("failure map lock poisoned");
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n += 1;
+        *n
+    }
+
+    pub fn clear_failures(&self, key: &str) {
+        self.failures.write().expect("failure map lock poisoned").remove(key);
+        self.reported.write().expect("report map lock poisoned").remove(key);
+    }
+
+    /// Remembers that `key` now has this problem; true when it did not have it already.
+    pub fn note_problem(&self, key: &str, reason: &str, message: &str) -> bool {
+        let mut r = self.reported.write().expect("report map lock poisoned");
+        let new = (reason.to_string(), message.to_string());
+        if r.get(key) == Some(&new) {
+            return false;
+        }
+        r.insert(key.to_string(), new);
+        true
+    }
+
+    pub async fn event(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning { EventType::Warning } else { EventType::Normal },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(error = %e, reason, "could not publish Event");
+        }
+    }
+}
+
+/// RFC 3339 at second precision, the format used in status and annotations.
+pub fn rfc3339(t: Timestamp) -> String {
+    t.round(Unit::Second).unwrap_or(t).to_string()
+}
+
+pub fn parse_rfc3339(s: &str) -> Option<Timestamp> {
+    s.parse().ok()
+}
+
+/// Builds a condition, keeping `lastTransitionTime` when the status did not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let status = if status { "True" } else { "False" }.to_string();
+    let last = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now.round(Unit::Second).unwrap_or(now)));
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        last_transition_time: last,
+        observed_generation: generation,
+    }
+}
+
+/// Retry delay after `failures` consecutive failures: exponential from 1 s, capped at 5 min and
+/// at a tenth of the time left on the current certificate (so a 1 h certificate gets many tries
+/// before it expires).
+pub fn retry_backoff(failures: u32, remaining: Option<Duration>) -> Duration {
+    let exp = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16));
+    let mut cap = Duration::from_secs(300);
+    if let Some(r) = remaining {
+        cap = cap.min((r / 10).max(Duration::from_secs(1)));
+    }
+    exp.min(cap)
+}
+
+pub fn merge_labels(
+    ours: &BTreeMap<String, String>,
+    extra: Option<&BTreeMap<String, String>>,
+) -> BTreeMap<String, String> {
+    let mut out = extra.cloned().unwrap_or_default();
+    out.extend(ours.iter().map(|(k, v)| (k.clone(), v.clone())));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_from_seconds_and_respects_remaining_lifetime() {
+        assert_eq!(retry_backoff(1, None), Duration::from_secs(1));
+        assert_eq!(retry_backoff(2, None), Duration::from_secs(2));
+        assert_eq!(retry_backoff(5, None), Duration::from_secs(16));
+        assert_eq!(retry_backoff(30, None), Duration::from_secs(300));
+        // A 1 h certificate with 20 min left retries at least every 2 min.
+        assert_eq!(retry_backoff(30, Some(Duration::from_secs(1200))), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn condition_keeps_transition_time_while_status_holds() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-01T01:00:00Z".parse().unwrap();
+        let c0 = condition(&[], "Ready", true, "Issued", "a".into(), Some(1), t0);
+        let c1 = condition(&[c0.clone()], "Ready", true, "Issued", "b".into(), Some(2), t1);
+        assert_eq!(c1.last_transition_time, c0.last_transition_time);
+        let c2 = condition(&[c1], "Ready", false, "PolicyViolation", "c".into(), Some(2), t1);
+        assert_eq!(c2.last_transition_time.0, t1);
+    }
+}

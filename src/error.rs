@@ -1,0 +1,35 @@
+//! The operator's error type. Each variant maps to a bounded metric label; messages carry
+//! context (which object, which API call) and never key material.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Kube {
+        context: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("certificate error: {0}")]
+    Pki(#[from] crate::pki::PkiError),
+}
+
+impl Error {
+    /// `map_err` helper that names the API call that failed.
+    pub fn kube(context: &'static str) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { context, source }
+    }
+
+    /// Bounded label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube { source: kube::Error::Api(ae), .. } if ae.code == 409 => "Conflict",
+            Error::Kube { source: kube::Error::Api(_), .. } => "ApiError",
+            Error::Kube { .. } => "ApiUnreachable",
+            Error::Pki(_) => "IssuanceFailed",
+        }
+    }
+
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Error::Kube { source: kube::Error::Api(ae), .. } if ae.code == 409)
+    }
+}

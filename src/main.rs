@@ -1,0 +1,101 @@
+//! Command line of the `mtls-operator` binary.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "mtls-operator", version, about = "Mutual-TLS certificate lifecycle operator for Kubernetes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller (uses the in-cluster config or KUBECONFIG).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
+    Crd {
+        /// Write `mtls.io_<plural>.yaml` files into this directory instead of printing.
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The operator's namespace: CA Secrets and bundle history live here.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mtls-system")]
+    namespace: String,
+    /// Address for /healthz, /readyz and /metrics.
+    #[arg(long, env = "MTLS_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Certificates issued per second at most, across all authorities.
+    #[arg(long, env = "MTLS_ISSUANCE_RATE", default_value_t = 500.0)]
+    issuance_rate: f64,
+    /// Issuances that may happen at once before the rate applies.
+    #[arg(long, env = "MTLS_ISSUANCE_BURST", default_value_t = 100)]
+    issuance_burst: u32,
+    /// Identities reconciled in parallel.
+    #[arg(long, env = "MTLS_CONCURRENCY", default_value_t = 32)]
+    concurrency: u16,
+    /// Exit when standard input closes (lets a test harness tie the operator to its own life).
+    #[arg(long, hide = true)]
+    exit_on_stdin_close: bool,
+    /// Log format.
+    #[arg(long, env = "MTLS_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd { out_dir } => {
+            for (file, yaml) in mtls_operator::crd_manifests() {
+                match &out_dir {
+                    Some(dir) => {
+                        std::fs::create_dir_all(dir)?;
+                        std::fs::write(dir.join(file), yaml)?;
+                    }
+                    None => print!("{yaml}"),
+                }
+            }
+            Ok(())
+        }
+        Command::Run(args) => {
+            init_tracing(args.log_format);
+            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let config = mtls_operator::operator::Config {
+                namespace: args.namespace,
+                listen: args.listen,
+                issuance_rate: args.issuance_rate,
+                issuance_burst: args.issuance_burst,
+                concurrency: args.concurrency,
+                exit_on_stdin_close: args.exit_on_stdin_close,
+            };
+            if let Err(e) = mtls_operator::operator::run(config).await {
+                tracing::error!(error = format!("{e:#}"), "operator stopped");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! Prometheus metrics. Label sets are bounded: authority names, reasons, phases and identity
+//! names (one series per identity for its expiry) — never a serial number or a pod name.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorityLabels {
+    pub authority: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuanceLabels {
+    pub authority: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IdentityLabels {
+    pub namespace: String,
+    pub name: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Counter,
+    pub reconcile_errors: Family<ReasonLabels, Counter>,
+    pub up: Gauge,
+    pub issuances: Family<IssuanceLabels, Counter>,
+    pub issuance_seconds: Histogram,
+    pub identity_expiry: Family<IdentityLabels, Gauge>,
+    pub identity_renewal: Family<IdentityLabels, Gauge>,
+    pub ca_expiry: Family<AuthorityLabels, Gauge>,
+    pub bundle_version: Family<AuthorityLabels, Gauge>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mtls_operator");
+        let m = Metrics {
+            reconciles: Counter::default(),
+            reconcile_errors: Family::default(),
+            up: Gauge::default(),
+            issuances: Family::default(),
+            issuance_seconds: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            identity_expiry: Family::default(),
+            identity_renewal: Family::default(),
+            ca_expiry: Family::default(),
+            bundle_version: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations and not-ready results, by reason",
+            m.reconcile_errors.clone(),
+        );
+        registry.register("up", "1 while the operator is connected and its caches are synced", m.up.clone());
+        registry.register(
+            "issuances",
+            "Certificates issued, by authority and kind (initial, renewal, reissue, repair)",
+            m.issuances.clone(),
+        );
+        registry.register(
+            "issuance_duration_seconds",
+            "Time to generate a key and sign a leaf",
+            m.issuance_seconds.clone(),
+        );
+        registry.register(
+            "identity_expiry_timestamp_seconds",
+            "notAfter of each identity's current certificate (Unix time)",
+            m.identity_expiry.clone(),
+        );
+        registry.register(
+            "identity_renewal_timestamp_seconds",
+            "When each identity's certificate will be renewed (Unix time)",
+            m.identity_renewal.clone(),
+        );
+        registry.register(
+            "ca_expiry_timestamp_seconds",
+            "notAfter of each authority's signing CA (Unix time)",
+            m.ca_expiry.clone(),
+        );
+        registry.register("bundle_version", "Current trust bundle version of each authority", m.bundle_version.clone());
+        Metrics { registry, ..m }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    pub fn reconcile_error(&self, reason: &str) {
+        self.reconcile_errors.get_or_create(&ReasonLabels { reason: reason.to_string() }).inc();
+    }
+
+    pub fn observe_issuance(&self, authority: &str, kind: &str, took: Duration) {
+        self.issuances.get_or_create(&IssuanceLabels { authority: authority.into(), kind: kind.into() }).inc();
+        self.issuance_seconds.observe(took.as_secs_f64());
+    }
+
+    pub fn set_identity(&self, namespace: &str, name: &str, not_after: i64, renewal: i64) {
+        let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
+        self.identity_expiry.get_or_create(&l).set(not_after);
+        self.identity_renewal.get_or_create(&l).set(renewal);
+    }
+
+    pub fn forget_identity(&self, namespace: &str, name: &str) {
+        let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
+        self.identity_expiry.remove(&l);
+        self.identity_renewal.remove(&l);
+    }
+
+    pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {
+        let l = AuthorityLabels { authority: authority.into() };
+        self.ca_expiry.get_or_create(&l).set(ca_not_after);
+        self.bundle_version.get_or_create(&l).set(bundle_version);
+    }
+}

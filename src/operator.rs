@@ -1,0 +1,268 @@
+//! The `run` subcommand: connects, checks the CRDs, starts the authority and identity
+//! controllers and serves probes and metrics until SIGTERM/SIGINT.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+use futures::{StreamExt, future};
+use k8s_openapi::{
+    api::core::v1::{Namespace, Secret},
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, CustomResourceExt, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
+        predicates,
+        reflector::{self, ObjectRef},
+        utils::PredicateConfig,
+        watcher,
+    },
+};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::{
+    controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector},
+    crd::{MtlsAuthority, MtlsIdentity},
+    http::{self, Health},
+    metrics::Metrics,
+    ratelimit::RateLimiter,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Namespace holding CA Secrets and bundle history (the operator's own).
+    pub namespace: String,
+    pub listen: SocketAddr,
+    /// Global issuance rate (certificates per second) and burst.
+    pub issuance_rate: f64,
+    pub issuance_burst: u32,
+    /// Identities reconciled in parallel.
+    pub concurrency: u16,
+    /// Also stop when stdin reaches end of file.
+    pub exit_on_stdin_close: bool,
+}
+
+/// Fails with an actionable message unless both CRDs exist and are Established.
+pub async fn check_crds(client: &Client) -> anyhow::Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in [MtlsAuthority::crd(), MtlsIdentity::crd()] {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        let found = api
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("reading CustomResourceDefinition {name}"))?
+            .with_context(|| {
+                format!("CustomResourceDefinition {name} is not installed: apply crds/ (kubectl apply -f crds/)")
+            })?;
+        let established = found
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Established" && c.status == "True"));
+        anyhow::ensure!(established, "CustomResourceDefinition {name} is installed but not Established yet");
+    }
+    Ok(())
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let client = Client::try_default().await.context("connecting to the Kubernetes API (kubeconfig or in-cluster)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health { ready: ready.clone(), metrics: metrics.clone() };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = {
+        let rx = stop_rx.clone();
+        move || {
+            let mut rx = rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        }
+    };
+    let server = http::serve(config.listen, health, stopped()).await?;
+
+    check_crds(&client).await?;
+
+    let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        namespace: config.namespace.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
+        ),
+        metrics: metrics.clone(),
+        limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
+        authorities: RwLock::default(),
+        authority_changed: changed_tx,
+        failures: RwLock::default(),
+        reported: RwLock::default(),
+    });
+
+    // Authorities: react to spec changes and to the CA Secrets in the operator's namespace.
+    let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
+    let auth_stream = reflector::reflector(
+        auth_writer,
+        watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .applied_objects()
+    .predicate_filter(predicates::generation, PredicateConfig::default());
+    let ca_secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let auth_lookup = auth_store.clone();
+    let authority_controller = Controller::for_stream(auth_stream, auth_store.clone())
+        .watches_stream(ca_secrets, move |s| {
+            let secret = s.name_any();
+            let labelled = s.labels().get(LABEL_AUTHORITY).cloned();
+            auth_lookup
+                .state()
+                .into_iter()
+                .filter(|a| {
+                    Some(a.name_any()) == labelled || a.spec.ca.secret_ref.as_ref().is_some_and(|r| r.name == secret)
+                })
+                .map(|a| ObjectRef::from_obj(&*a))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(stopped())
+        .run(authority::reconcile, authority::error_policy, ctx.clone())
+        .for_each(|_| future::ready(()));
+
+    // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
+    // labels (for policy), and changes of their authority (signer, bundle, policy).
+    let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
+    let id_stream =
+        reflector::reflector(id_writer, watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default()))
+            .default_backoff()
+            .applied_objects()
+            .predicate_filter(predicates::generation, PredicateConfig::default());
+    let owned_secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels(&managed_selector()),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (ns_store, ns_writer) = reflector::store();
+    let namespaces = reflector::reflector(
+        ns_writer,
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::labels, PredicateConfig::default());
+    let by_namespace = id_store.clone();
+    let by_authority = id_store.clone();
+    let authority_changes = UnboundedReceiverStream::new(changed_rx).flat_map(move |auth_name| {
+        let refs: Vec<ObjectRef<MtlsIdentity>> = by_authority
+            .state()
+            .into_iter()
+            .filter(|i| i.spec.authority_ref == auth_name)
+            .map(|i| ObjectRef::from_obj(&*i))
+            .collect();
+        futures::stream::iter(refs)
+    });
+    let stores = Arc::new(identity::Stores { namespaces: ns_store.clone() });
+    let identity_controller = Controller::for_stream(id_stream, id_store.clone())
+        .owns_stream(owned_secrets)
+        .watches_stream(namespaces, move |ns: PartialObjectMeta<Namespace>| {
+            let ns = ns.name_any();
+            by_namespace
+                .state()
+                .into_iter()
+                .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
+                .map(|i| ObjectRef::from_obj(&*i))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(authority_changes)
+        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(stopped())
+        .run(
+            move |id, ctx| {
+                let stores = stores.clone();
+                async move { identity::reconcile(id, ctx, &stores).await }
+            },
+            identity::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| future::ready(()));
+
+    // Ready once every cache has its first full list.
+    let readiness = {
+        let (ready, metrics) = (ready.clone(), metrics.clone());
+        let (a, i, n) = (auth_store.clone(), id_store.clone(), ns_store.clone());
+        async move {
+            if a.wait_until_ready().await.is_ok()
+                && i.wait_until_ready().await.is_ok()
+                && n.wait_until_ready().await.is_ok()
+            {
+                ready.store(true, Ordering::Relaxed);
+                metrics.up.set(1);
+                tracing::info!("caches synced; ready");
+            }
+        }
+    };
+
+    tracing::info!(namespace = %config.namespace, "starting controllers");
+    let exit_on_stdin_close = config.exit_on_stdin_close;
+    let signal = async {
+        let stdin_closed = async {
+            if exit_on_stdin_close {
+                // A plain thread: a blocked read must not hold up the runtime's shutdown.
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                    let _ = tx.send(());
+                });
+                let _ = rx.await;
+            } else {
+                future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = stdin_closed => {},
+        }
+        tracing::info!("signal received; shutting down");
+        ready.store(false, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(authority_controller, identity_controller, readiness, signal);
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM (what kubelet sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the operator");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
