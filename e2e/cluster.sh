@@ -133,9 +133,15 @@ stop_one() { # name
   rm -f "$dir/$1.pid"
 }
 
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
 up() {
   local start=$SECONDS
   bin=$("$here/build-k8s.sh")
+  if ! pid_alive kube-apiserver && port_busy "$api_port"; then
+    log "port $api_port is taken by another process: stop it, or pick other ports with MTLS_E2E_API_PORT / MTLS_E2E_ETCD_PORT"
+    return 1
+  fi
   mkdir -p "$dir"
   make_pki
   write_kubeconfig

@@ -44,15 +44,21 @@ for id in web client; do
 done
 openssl x509 -in "$files/web/tls.crt" -noout -subject -ext subjectAltName -enddate
 port=18443
-openssl s_server -quiet -accept "127.0.0.1:$port" -Verify 2 -verify_return_error \
-  -cert "$files/web/tls.crt" -key "$files/web/tls.key" -CAfile "$files/web/ca.crt" > "$files/server.log" 2>&1 &
+# s_server stops at end of its stdin: keep it open for as long as the demo needs.
+openssl s_server -accept "127.0.0.1:$port" -Verify 2 -verify_return_error \
+  -cert "$files/web/tls.crt" -key "$files/web/tls.key" -CAfile "$files/web/ca.crt" < <(sleep 30) > "$files/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-echo "hello over mTLS" | openssl s_client -brief -connect "127.0.0.1:$port" -verify_return_error \
+if ! out=$(echo "hello over mTLS" | openssl s_client -brief -connect "127.0.0.1:$port" -verify_return_error \
   -verify_hostname web.demo.svc -cert "$files/client/tls.crt" -key "$files/client/tls.key" \
-  -CAfile "$files/client/ca.crt" 2>&1 | grep -E "Verification|Peer certificate|Protocol version"
+  -CAfile "$files/client/ca.crt" 2>&1); then
+  echo "mutual TLS handshake FAILED:"; echo "$out"; cat "$files/server.log"; exit 1
+fi
+echo "$out" | grep -E "Protocol version|Verification|Peer certificate"
 sleep 0.5
-grep -q "hello over mTLS" "$files/server.log" && echo "server received the client's message; it verified the client's certificate: $(grep -m1 'depth=0' "$files/server.log" || echo ok)"
+grep -q "hello over mTLS" "$files/server.log" || { echo "server did not receive the message:"; cat "$files/server.log"; exit 1; }
+echo "server (web) verified the client certificate: $(grep -m1 'depth=0' "$files/server.log")"
+echo "server received: $(grep -m1 'hello over mTLS' "$files/server.log")"
 echo
 echo "The operator keeps running (log: $dir/operator.log). Try: kubectl get mtlsid -A; kubectl describe mtlsid -n demo web"
 echo "Stop everything: e2e/cluster.sh down"
