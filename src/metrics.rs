@@ -40,6 +40,8 @@ pub struct Metrics {
     pub issuance_seconds: Histogram,
     pub identity_expiry: Family<IdentityLabels, Gauge>,
     pub identity_renewal: Family<IdentityLabels, Gauge>,
+    pub identity_failures: Family<IdentityLabels, Gauge>,
+    pub identity_last_failure: Family<IdentityLabels, Gauge>,
     pub ca_expiry: Family<AuthorityLabels, Gauge>,
     pub bundle_version: Family<AuthorityLabels, Gauge>,
 }
@@ -55,6 +57,8 @@ impl Default for Metrics {
             issuance_seconds: Histogram::new([0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
             identity_expiry: Family::default(),
             identity_renewal: Family::default(),
+            identity_failures: Family::default(),
+            identity_last_failure: Family::default(),
             ca_expiry: Family::default(),
             bundle_version: Family::default(),
             registry: Registry::default(),
@@ -87,6 +91,16 @@ impl Default for Metrics {
             m.identity_renewal.clone(),
         );
         registry.register(
+            "identity_consecutive_failures",
+            "Consecutive failed reconciles of each identity (0 once it succeeds)",
+            m.identity_failures.clone(),
+        );
+        registry.register(
+            "identity_last_failure_timestamp_seconds",
+            "When each identity last failed (Unix time)",
+            m.identity_last_failure.clone(),
+        );
+        registry.register(
             "ca_expiry_timestamp_seconds",
             "notAfter of each authority's signing CA (Unix time)",
             m.ca_expiry.clone(),
@@ -116,12 +130,21 @@ impl Metrics {
         let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
         self.identity_expiry.get_or_create(&l).set(not_after);
         self.identity_renewal.get_or_create(&l).set(renewal);
+        self.identity_failures.get_or_create(&l).set(0);
+    }
+
+    pub fn identity_failed(&self, namespace: &str, name: &str, consecutive: u32, at: i64) {
+        let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
+        self.identity_failures.get_or_create(&l).set(i64::from(consecutive));
+        self.identity_last_failure.get_or_create(&l).set(at);
     }
 
     pub fn forget_identity(&self, namespace: &str, name: &str) {
         let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
         self.identity_expiry.remove(&l);
         self.identity_renewal.remove(&l);
+        self.identity_failures.remove(&l);
+        self.identity_last_failure.remove(&l);
     }
 
     pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {

@@ -144,11 +144,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
     // labels (for policy), and changes of their authority (signer, bundle, policy).
     let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
-    let id_stream =
-        reflector::reflector(id_writer, watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default()))
-            .default_backoff()
-            .applied_objects()
-            .predicate_filter(predicates::generation, PredicateConfig::default());
+    let id_stream = urgent_first(reflector::reflector(
+        id_writer,
+        watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    ))
+    .predicate_filter(predicates::generation, PredicateConfig::default());
     let owned_secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().labels(&managed_selector()),
@@ -243,6 +243,43 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Like `applied_objects`, but hands over each initial list sorted by urgency (no certificate,
+/// expired, soonest to expire), so that after downtime the most urgent renewals happen first.
+fn urgent_first(
+    events: impl futures::Stream<Item = Result<watcher::Event<MtlsIdentity>, watcher::Error>>,
+) -> impl futures::Stream<Item = Result<MtlsIdentity, watcher::Error>> {
+    events
+        .scan(Vec::new(), |initial: &mut Vec<MtlsIdentity>, event| {
+            let out: Vec<Result<MtlsIdentity, watcher::Error>> = match event {
+                Ok(watcher::Event::Init) => {
+                    initial.clear();
+                    vec![]
+                }
+                Ok(watcher::Event::InitApply(id)) => {
+                    initial.push(id);
+                    vec![]
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let mut ids = std::mem::take(initial);
+                    ids.sort_by_key(|i| {
+                        let not_after = i
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.not_after.as_deref())
+                            .and_then(crate::controller::parse_rfc3339);
+                        crate::schedule::catch_up_order(not_after)
+                    });
+                    ids.into_iter().map(Ok).collect()
+                }
+                Ok(watcher::Event::Apply(id)) => vec![Ok(id)],
+                Ok(watcher::Event::Delete(_)) => vec![],
+                Err(e) => vec![Err(e)],
+            };
+            future::ready(Some(futures::stream::iter(out)))
+        })
+        .flatten()
 }
 
 /// Resolves on SIGTERM (what kubelet sends) or Ctrl-C.

@@ -33,6 +33,12 @@ pub fn renewal_time(not_before: Timestamp, not_after: Timestamp, renew_before: D
     at.max(not_before)
 }
 
+/// Order in which to look at identities after the operator has been down: those without a
+/// certificate first, then by expiry (already expired, then soonest to expire).
+pub fn catch_up_order(not_after: Option<Timestamp>) -> i64 {
+    not_after.map_or(i64::MIN, |t| t.as_second())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +83,20 @@ mod tests {
         // And no second sees more than a handful (without jitter all 5,000 would share one).
         let busiest = per_second.values().max().copied().unwrap_or(0);
         assert!(busiest <= 6, "{busiest} renewals in the busiest second");
+    }
+
+    #[test]
+    fn catch_up_puts_missing_and_expired_first() {
+        let now = t("2026-06-01T00:00:00Z");
+        let mut ids = vec![
+            ("later", Some(now + Duration::from_secs(7200))),
+            ("none", None),
+            ("soon", Some(now + Duration::from_secs(60))),
+            ("expired", Some(now - Duration::from_secs(60))),
+        ];
+        ids.sort_by_key(|(_, na)| catch_up_order(*na));
+        let names: Vec<_> = ids.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["none", "expired", "soon", "later"]);
     }
 
     #[test]

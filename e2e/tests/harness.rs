@@ -170,7 +170,8 @@ pub async fn operator() -> &'static Operator {
     let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
     let op = OPERATOR.get_or_init(|| {
         let port = free_port();
-        let log = repo_root().join(format!("target/e2e-cluster/operator-e2e-{port}.log"));
+        let dir = kubeconfig_path().parent().map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+        let log = dir.join(format!("operator-e2e-{port}.log"));
         let out = std::fs::File::create(&log).expect("operator log file");
         let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
             .args([

@@ -372,7 +372,12 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             // A Secret deleted after it was issued is a repair, not a first issuance.
             let kind =
                 if kind == IssueKind::Initial && status.serial_number.is_some() { IssueKind::Repair } else { kind };
-            ctx.limiter.acquire().await;
+            // Most urgent first: no certificate or an expired one before one merely due.
+            let urgency = existing
+                .as_ref()
+                .and_then(|s| s.annotations().get(ANN_NOT_AFTER).and_then(|t| parse_rfc3339(t)))
+                .map_or(0, |t| t.as_second());
+            ctx.limiter.acquire(urgency).await;
             let started = std::time::Instant::now();
             let req = LeafRequest {
                 common_name: format!("{}.{ns}", want.subject.service_account),
@@ -515,6 +520,7 @@ pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Ac
     let key = key_of(&id);
     let n = ctx.note_failure(&key);
     ctx.metrics.reconcile_error(err.reason());
+    ctx.metrics.identity_failed(&id.namespace().unwrap_or_default(), &id.name_any(), n, Timestamp::now().as_second());
     let remaining = id
         .status
         .as_ref()
