@@ -258,7 +258,7 @@ pub struct TrustBundleSpec {
     pub namespace_selector: Option<LabelSelector>,
     /// Extra trusted roots (other clusters, federation), read from ConfigMaps or Secrets in the
     /// operator's namespace.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, rename = "additionalCAs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub additional_cas: Vec<AdditionalCa>,
 }

@@ -44,6 +44,16 @@ pub struct Metrics {
     pub identity_last_failure: Family<IdentityLabels, Gauge>,
     pub ca_expiry: Family<AuthorityLabels, Gauge>,
     pub bundle_version: Family<AuthorityLabels, Gauge>,
+    pub bundle_namespaces: Family<RolloutLabels, Gauge>,
+    pub bundle_secrets: Family<RolloutLabels, Gauge>,
+    pub bundle_writes: Family<AuthorityLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RolloutLabels {
+    pub authority: String,
+    /// `current` (holding the current version) or `total`.
+    pub state: String,
 }
 
 impl Default for Metrics {
@@ -61,6 +71,9 @@ impl Default for Metrics {
             identity_last_failure: Family::default(),
             ca_expiry: Family::default(),
             bundle_version: Family::default(),
+            bundle_namespaces: Family::default(),
+            bundle_secrets: Family::default(),
+            bundle_writes: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
@@ -106,6 +119,21 @@ impl Default for Metrics {
             m.ca_expiry.clone(),
         );
         registry.register("bundle_version", "Current trust bundle version of each authority", m.bundle_version.clone());
+        registry.register(
+            "bundle_namespaces",
+            "Target namespaces of each authority's bundle ConfigMap: state=current holds the current version, state=total",
+            m.bundle_namespaces.clone(),
+        );
+        registry.register(
+            "bundle_secrets",
+            "Identity Secrets of each authority: state=current carries the current bundle version, state=total",
+            m.bundle_secrets.clone(),
+        );
+        registry.register(
+            "bundle_writes",
+            "API writes made to publish trust bundles (ConfigMaps created, updated, deleted)",
+            m.bundle_writes.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -145,6 +173,15 @@ impl Metrics {
         self.identity_renewal.remove(&l);
         self.identity_failures.remove(&l);
         self.identity_last_failure.remove(&l);
+    }
+
+    pub fn set_bundle_rollout(&self, authority: &str, r: &crate::controller::publish::Report) {
+        let l = |state: &str| RolloutLabels { authority: authority.into(), state: state.into() };
+        self.bundle_namespaces.get_or_create(&l("current")).set(i64::from(r.namespaces_up_to_date));
+        self.bundle_namespaces.get_or_create(&l("total")).set(i64::from(r.namespaces_total));
+        self.bundle_secrets.get_or_create(&l("current")).set(i64::from(r.secrets_up_to_date));
+        self.bundle_secrets.get_or_create(&l("total")).set(i64::from(r.secrets_total));
+        self.bundle_writes.get_or_create(&AuthorityLabels { authority: authority.into() }).inc_by(u64::from(r.writes));
     }
 
     pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {

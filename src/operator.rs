@@ -12,7 +12,7 @@ use std::{
 use anyhow::Context as _;
 use futures::{StreamExt, future};
 use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
+    api::core::v1::{ConfigMap, Namespace, Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
@@ -30,7 +30,7 @@ use kube::{
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
-    controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector},
+    controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish},
     crd::{MtlsAuthority, MtlsIdentity},
     http::{self, Health},
     metrics::Metrics,
@@ -108,7 +108,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reported: RwLock::default(),
     });
 
-    // Authorities: react to spec changes and to the CA Secrets in the operator's namespace.
+    // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,
+    // namespaces. Each is fed by exactly one of the streams below.
+    let (secret_store, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
+    let (bundle_ns_store, bundle_ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let caches = Arc::new(publish::Caches {
+        namespaces: bundle_ns_store.clone(),
+        configmaps: cm_store.clone(),
+        secrets: secret_store.clone(),
+    });
+
+    // Authorities: their spec, the CA Secrets in the operator's namespace, their bundle
+    // ConfigMaps (tampering is repaired) and namespaces (new ones get the bundle).
     let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
     let auth_stream = reflector::reflector(
         auth_writer,
@@ -123,7 +135,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .default_backoff()
     .touched_objects();
+    let bundle_configmaps = reflector::reflector(
+        cm_writer,
+        watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector())),
+    )
+    .default_backoff()
+    .touched_objects();
+    let bundle_namespaces = reflector::reflector(
+        bundle_ns_writer,
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(predicates::labels, PredicateConfig::default());
+    // Sources of additionalCAs are plain ConfigMaps in the operator's namespace.
+    let source_configmaps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects();
     let auth_lookup = auth_store.clone();
+    let source_lookup = auth_store.clone();
+    let all_authorities = auth_store.clone();
     let authority_controller = Controller::for_stream(auth_stream, auth_store.clone())
         .watches_stream(ca_secrets, move |s| {
             let secret = s.name_any();
@@ -132,13 +166,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .state()
                 .into_iter()
                 .filter(|a| {
-                    Some(a.name_any()) == labelled || a.spec.ca.secret_ref.as_ref().is_some_and(|r| r.name == secret)
+                    Some(a.name_any()) == labelled
+                        || a.spec.ca.secret_ref.as_ref().is_some_and(|r| r.name == secret)
+                        || a.spec
+                            .trust_bundle
+                            .additional_cas
+                            .iter()
+                            .any(|c| c.secret.as_ref().is_some_and(|r| r.name == secret))
                 })
                 .map(|a| ObjectRef::from_obj(&*a))
                 .collect::<Vec<_>>()
         })
+        .watches_stream(bundle_configmaps, |cm: ConfigMap| {
+            cm.labels().get(LABEL_AUTHORITY).map(|a| ObjectRef::<MtlsAuthority>::new(a))
+        })
+        .watches_stream(source_configmaps, move |cm: PartialObjectMeta<ConfigMap>| {
+            let name = cm.name_any();
+            source_lookup
+                .state()
+                .into_iter()
+                .filter(|a| {
+                    a.spec
+                        .trust_bundle
+                        .additional_cas
+                        .iter()
+                        .any(|c| c.config_map.as_ref().is_some_and(|r| r.name == name))
+                })
+                .map(|a| ObjectRef::from_obj(&*a))
+                .collect::<Vec<_>>()
+        })
+        .watches_stream(bundle_namespaces, move |_ns: PartialObjectMeta<Namespace>| {
+            all_authorities.state().into_iter().map(|a| ObjectRef::from_obj(&*a)).collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(stopped())
-        .run(authority::reconcile, authority::error_policy, ctx.clone())
+        .run(
+            move |auth, ctx| {
+                let caches = caches.clone();
+                async move { authority::reconcile(auth, ctx, &caches).await }
+            },
+            authority::error_policy,
+            ctx.clone(),
+        )
         .for_each(|_| future::ready(()));
 
     // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
@@ -149,9 +217,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default()).default_backoff(),
     ))
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let owned_secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().labels(&managed_selector()),
+    let owned_secrets = reflector::reflector(
+        secret_writer,
+        watcher(
+            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+            watcher::Config::default().labels(&managed_selector()),
+        ),
     )
     .default_backoff()
     .touched_objects();
@@ -203,10 +274,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let readiness = {
         let (ready, metrics) = (ready.clone(), metrics.clone());
         let (a, i, n) = (auth_store.clone(), id_store.clone(), ns_store.clone());
+        let (s, c, b) = (secret_store.clone(), cm_store.clone(), bundle_ns_store.clone());
         async move {
             if a.wait_until_ready().await.is_ok()
                 && i.wait_until_ready().await.is_ok()
                 && n.wait_until_ready().await.is_ok()
+                && s.wait_until_ready().await.is_ok()
+                && c.wait_until_ready().await.is_ok()
+                && b.wait_until_ready().await.is_ok()
             {
                 ready.store(true, Ordering::Relaxed);
                 metrics.up.set(1);

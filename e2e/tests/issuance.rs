@@ -23,8 +23,18 @@ pub struct TestAuthority {
 }
 
 impl TestAuthority {
+    /// Unless the test says otherwise, the authority's bundle goes only to namespaces labelled
+    /// `mtls-e2e/bundle=<name>`, under a ConfigMap name of its own, so that parallel tests do not
+    /// publish into each other's namespaces.
     pub async fn create(client: &Client, prefix: &str, spec: serde_json::Value) -> Self {
         let name = format!("{prefix}-{:06x}", harness::rand_u32() & 0xffffff);
+        let mut spec = spec;
+        if spec.get("trustBundle").is_none() {
+            spec["trustBundle"] = serde_json::json!({
+                "configMapName": format!("{name}-bundle"),
+                "namespaceSelector": {"matchLabels": {"mtls-e2e/bundle": name}}
+            });
+        }
         let obj: MtlsAuthority =
             serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap();
         Api::<MtlsAuthority>::all(client.clone()).create(&PostParams::default(), &obj).await.unwrap();

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod bundles;
 mod foundation;
 mod issuance;
 mod renewal;

@@ -5,7 +5,11 @@
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use jiff::Timestamp;
-use k8s_openapi::{ByteString, api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::ObjectMeta};
+use k8s_openapi::{
+    ByteString,
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -13,11 +17,13 @@ use kube::{
 };
 
 use super::{
-    ANN_FINGERPRINT, AuthorityState, Bundle, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY, MANAGER,
+    ANN_FINGERPRINT, AuthorityState, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY, MANAGER,
     condition, rfc3339,
 };
 use crate::{
-    crd::{BundleStatus, CaInfo, MtlsAuthority},
+    bundle,
+    controller::publish::{self, Caches},
+    crd::{BundleHistoryEntry, BundleStatus, CaInfo, MtlsAuthority, MtlsAuthorityStatus},
     duration,
     error::Error,
     pki::{self, PkiError, SigningCa},
@@ -160,31 +166,38 @@ async fn load_supplied_ca(
     }))
 }
 
-/// The bundle for a set of trusted certificates (PEM), keeping the version when the member set
-/// is unchanged and bumping it otherwise.
-pub fn bundle_for(trusted_pem: &[String], previous: Option<&BundleStatus>) -> Bundle {
-    let mut members: Vec<(String, String)> = vec![];
-    for pem in trusted_pem {
-        if let Ok(ders) = pki::parse_pem_certs("bundle", pem) {
-            for der in ders {
-                let fp = pki::fingerprint(&der);
-                if !members.iter().any(|(f, _)| *f == fp) {
-                    members.push((fp, pki::der_to_pem(&der)));
-                }
-            }
+/// Reads the PEM of every `trustBundle.additionalCAs` source. Missing sources are reported
+/// (as the second element) and left out of the bundle.
+async fn additional_cas(ctx: &Context, auth: &MtlsAuthority) -> Result<(Vec<String>, Vec<String>), Error> {
+    let (mut pems, mut missing) = (vec![], vec![]);
+    for src in &auth.spec.trust_bundle.additional_cas {
+        let (kind, r) = match (&src.config_map, &src.secret) {
+            (Some(r), _) => ("ConfigMap", r),
+            (None, Some(r)) => ("Secret", r),
+            (None, None) => continue,
+        };
+        let text = if kind == "ConfigMap" {
+            Api::<ConfigMap>::namespaced(ctx.client.clone(), &ctx.namespace)
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::kube("reading additionalCAs ConfigMap"))?
+                .and_then(|c| c.data.and_then(|d| d.get(&r.key).cloned()))
+        } else {
+            Api::<Secret>::namespaced(ctx.client.clone(), &ctx.namespace)
+                .get_opt(&r.name)
+                .await
+                .map_err(Error::kube("reading additionalCAs Secret"))?
+                .and_then(|s| secret_str(&s, &r.key).map(str::to_string))
+        };
+        match text {
+            Some(t) if pki::parse_pem_certs("additional CA", &t).is_ok() => pems.push(t),
+            _ => missing.push(format!("{kind} {}/{} key {}", ctx.namespace, r.name, r.key)),
         }
     }
-    let pem: String = members.iter().map(|(_, p)| p.as_str()).collect();
-    let fps: Vec<String> = members.into_iter().map(|(f, _)| f).collect();
-    let version = match previous {
-        Some(p) if p.members == fps => p.version,
-        Some(p) => p.version + 1,
-        None => 1,
-    };
-    Bundle { version, sha256: pki::sha256_hex(pem.as_bytes()), pem, members: fps }
+    Ok((pems, missing))
 }
 
-pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Caches) -> Result<Action, Error> {
     let name = auth.name_any();
     let now = Timestamp::now();
     let status = auth.status.clone().unwrap_or_default();
@@ -207,62 +220,132 @@ pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>) -> Result<Ac
 
     let mut new_status = status.clone();
     new_status.observed_generation = auth.metadata.generation;
-    let ready_msg;
-    let requeue;
-    match loaded {
-        Ok((signer, secret_name)) => {
-            let bundle = bundle_for(&signer.roots_pem, status.bundle.as_ref());
-            new_status.phase = Some("Stable".into());
-            new_status.active_ca = Some(ca_info(&signer, &secret_name));
-            let prev_bundle = status.bundle.clone().unwrap_or_default();
-            new_status.bundle = Some(BundleStatus {
+    let (signer, secret_name) = match loaded {
+        Ok(v) => v,
+        Err(nr) => {
+            ctx.publish_authority(&name, None);
+            write_status(&ctx, &auth, &status, new_status, false, nr.reason, nr.message, now).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+
+    let (extra, missing) = additional_cas(&ctx, &auth).await?;
+    let bundle = bundle::assemble(&signer.roots_pem, &extra, now, status.bundle.as_ref());
+    let new_version = status.bundle.as_ref().is_none_or(|b| b.version != bundle.version);
+    new_status.phase = Some("Stable".into());
+    new_status.active_ca = Some(ca_info(&signer, &secret_name));
+    ctx.metrics.set_authority(&name, signer.facts.not_after.as_second(), bundle.version);
+    let ca_expiry = signer.facts.not_after;
+    let signer_fp = signer.facts.fingerprint.clone();
+    // Identities learn of the new signer or bundle before anything else is written.
+    ctx.publish_authority(
+        &name,
+        Some(AuthorityState {
+            generation: auth.metadata.generation,
+            spec: auth.spec.clone(),
+            signer,
+            bundle: bundle.clone(),
+        }),
+    );
+    let report = publish::publish(&ctx, &auth, &bundle, caches).await?;
+    new_status.bundle = Some(BundleStatus {
+        version: bundle.version,
+        sha256: bundle.sha256.clone(),
+        members: bundle.members.clone(),
+        namespaces_up_to_date: Some(report.namespaces_up_to_date),
+        namespaces_total: Some(report.namespaces_total),
+        secrets_up_to_date: Some(report.secrets_up_to_date),
+        secrets_total: Some(report.secrets_total),
+    });
+    new_status.identities = Some(report.secrets_total);
+    if new_version {
+        new_status.history.insert(
+            0,
+            BundleHistoryEntry {
                 version: bundle.version,
                 sha256: bundle.sha256.clone(),
                 members: bundle.members.clone(),
-                ..prev_bundle
-            });
-            ready_msg = (
-                true,
-                "CaReady",
-                format!(
-                    "signing with CA {} valid until {}; trust bundle version {}",
-                    &signer.facts.fingerprint[..16],
-                    rfc3339(signer.facts.not_after),
-                    bundle.version
-                ),
-            );
-            ctx.metrics.set_authority(&name, signer.facts.not_after.as_second(), bundle.version);
-            requeue = signer.facts.not_after.duration_since(now).unsigned_abs().max(Duration::from_secs(1));
-            ctx.publish_authority(
-                &name,
-                Some(AuthorityState { generation: auth.metadata.generation, spec: auth.spec.clone(), signer, bundle }),
-            );
-        }
-        Err(nr) => {
-            ctx.publish_authority(&name, None);
-            ready_msg = (false, nr.reason, nr.message);
-            requeue = Duration::from_secs(300);
-        }
+                published_at: rfc3339(now),
+            },
+        );
+        new_status.history.truncate(publish::HISTORY_KEPT);
     }
-    let (ok, reason, message) = ready_msg;
-    let prev_ready = status.conditions.iter().find(|c| c.type_ == "Ready").cloned();
+    let mut message = format!(
+        "signing with CA {} valid until {}; trust bundle version {} in {}/{} namespaces and {}/{} identity Secrets",
+        &signer_fp[..16],
+        rfc3339(ca_expiry),
+        bundle.version,
+        report.namespaces_up_to_date,
+        report.namespaces_total,
+        report.secrets_up_to_date,
+        report.secrets_total,
+    );
+    if !report.conflicts.is_empty() {
+        message += &format!(
+            "; a ConfigMap named {} that this authority does not own blocks the bundle in: {}",
+            auth.spec.trust_bundle.config_map_name,
+            report.conflicts.join(", ")
+        );
+    }
+    if !missing.is_empty() {
+        message += &format!("; additionalCAs not found or not PEM: {}", missing.join(", "));
+    }
+    write_status(&ctx, &auth, &status, new_status, true, "CaReady", message, now).await?;
+    if new_version {
+        let note = format!("trust bundle version {} ({} certificates) published", bundle.version, bundle.members.len());
+        ctx.event(&auth.object_ref(&()), false, "BundlePublished", note).await;
+    }
+    if !missing.is_empty()
+        && ctx.note_problem(&format!("authority/{name}/additional"), "AdditionalCaUnavailable", &missing.join(", "))
+    {
+        let note = format!("left out of the trust bundle: {}", missing.join(", "));
+        ctx.event(&auth.object_ref(&()), true, "AdditionalCaUnavailable", note).await;
+    }
+    // While the rollout is incomplete, look again shortly: the counts come from caches that
+    // other controllers are updating. Once complete, nothing happens until a watch fires or
+    // the CA nears expiry.
+    let requeue = if report.complete() && report.conflicts.is_empty() {
+        ca_expiry.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
+    } else {
+        Duration::from_secs(2)
+    };
+    Ok(Action::requeue(requeue))
+}
+
+/// Writes status when it changed, with one Event when the Ready condition changes.
+#[allow(clippy::too_many_arguments)]
+async fn write_status(
+    ctx: &Context,
+    auth: &MtlsAuthority,
+    status: &MtlsAuthorityStatus,
+    mut new_status: MtlsAuthorityStatus,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) -> Result<(), Error> {
+    let name = auth.name_any();
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", ok, reason, message.clone(), auth.metadata.generation, now)];
-    if new_status != status {
-        let api: Api<MtlsAuthority> = Api::all(ctx.client.clone());
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": new_status })))
-            .await
-            .map_err(Error::kube("writing authority status"))?;
-        let changed =
-            prev_ready.as_ref().is_none_or(|c| c.reason != reason || c.status != if ok { "True" } else { "False" });
-        if changed {
-            if !ok {
-                ctx.metrics.reconcile_error(reason);
-            }
-            ctx.event(&auth.object_ref(&()), !ok, reason, message).await;
-        }
+    if new_status == *status {
+        return Ok(());
     }
-    Ok(Action::requeue(requeue))
+    let api: Api<MtlsAuthority> = Api::all(ctx.client.clone());
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": new_status })))
+        .await
+        .map_err(Error::kube("writing authority status"))?;
+    // One Event per change of readiness or reason, not per reconcile.
+    let key = format!("authority/{name}");
+    let status_word = if ok { "True" } else { "False" };
+    let prev = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let same_as_status = prev.is_some_and(|c| c.reason == reason && c.status == status_word);
+    if ctx.note_problem(&key, reason, status_word) && !same_as_status {
+        if !ok {
+            ctx.metrics.reconcile_error(reason);
+        }
+        ctx.event(&auth.object_ref(&()), !ok, reason, message).await;
+    }
+    Ok(())
 }
 
 pub fn error_policy(auth: Arc<MtlsAuthority>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -271,33 +354,4 @@ pub fn error_policy(auth: Arc<MtlsAuthority>, err: &Error, ctx: Arc<Context>) ->
     ctx.metrics.reconcile_error(err.reason());
     tracing::warn!(authority = %auth.name_any(), error = %err, failures = n, "authority reconcile failed");
     Action::requeue(super::retry_backoff(n, None))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bundle_version_bumps_only_when_members_change() {
-        let now: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let year = Duration::from_secs(86400 * 365);
-        let (a, _) = pki::generate_ca("A", &[], crate::crd::KeyAlgorithm::EcdsaP256, now, year).unwrap();
-        let (b, _) = pki::generate_ca("B", &[], crate::crd::KeyAlgorithm::EcdsaP256, now, year).unwrap();
-        let v1 = bundle_for(std::slice::from_ref(&a), None);
-        assert_eq!(v1.version, 1);
-        let status = |b: &Bundle| BundleStatus {
-            version: b.version,
-            sha256: b.sha256.clone(),
-            members: b.members.clone(),
-            ..Default::default()
-        };
-        // Same members (even given twice): same version.
-        let same = bundle_for(&[a.clone(), a.clone()], Some(&status(&v1)));
-        assert_eq!((same.version, &same.sha256), (1, &v1.sha256));
-        let v2 = bundle_for(&[a.clone(), b.clone()], Some(&status(&v1)));
-        assert_eq!(v2.version, 2);
-        assert_eq!(v2.members.len(), 2);
-        let v3 = bundle_for(&[b], Some(&status(&v2)));
-        assert_eq!(v3.version, 3);
-    }
 }

@@ -4,6 +4,7 @@
 
 pub mod authority;
 pub mod identity;
+pub mod publish;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,6 +19,7 @@ use kube::{
     runtime::events::{Event, EventType, Recorder},
 };
 
+pub use crate::bundle::Bundle;
 use crate::{crd::MtlsAuthoritySpec, metrics::Metrics, pki::SigningCa, ratelimit::RateLimiter};
 
 pub const MANAGER: &str = "mtls-operator";
@@ -48,15 +50,6 @@ pub struct AuthorityState {
     pub spec: MtlsAuthoritySpec,
     pub signer: SigningCa,
     pub bundle: Bundle,
-}
-
-/// A trust bundle: member certificates in a stable order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Bundle {
-    pub version: i64,
-    pub pem: String,
-    pub sha256: String,
-    pub members: Vec<String>,
 }
 
 pub struct Context {
