@@ -15,6 +15,7 @@ pub mod operator;
 pub mod pki;
 pub mod policy;
 pub mod ratelimit;
+pub mod rotation;
 pub mod schedule;
 
 use kube::CustomResourceExt;
