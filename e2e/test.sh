@@ -14,4 +14,4 @@ fi
 cleanup() { if [ "$started" = 1 ]; then e2e/cluster.sh down; fi; }
 trap cleanup EXIT
 export MTLS_E2E_KUBECONFIG="$PWD/target/e2e-cluster/kubeconfig"
-cargo test --locked --all-targets -- "$@"
+cargo test --locked --lib --bins --tests -- "$@"

@@ -366,6 +366,15 @@ pub struct MtlsAuthorityStatus {
     /// Number of identities that use this authority.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identities: Option<u32>,
+    /// When the current phase started (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_started_at: Option<String>,
+    /// The rotation state machine, persisted before each transition takes effect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation: Option<crate::rotation::RotationState>,
+    /// Rotation progress: identity Secrets whose leaf the current signer issued, out of all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_progress: Option<RotationProgress>,
     /// `Ready` and `Rotating`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
@@ -373,6 +382,16 @@ pub struct MtlsAuthorityStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// Rotation progress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationProgress {
+    /// Identity Secrets holding a leaf signed by the current signer.
+    pub reissued: u32,
+    /// Identity Secrets in all.
+    pub total: u32,
 }
 
 /// A CA certificate as reported in status.

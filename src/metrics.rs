@@ -47,6 +47,14 @@ pub struct Metrics {
     pub bundle_namespaces: Family<RolloutLabels, Gauge>,
     pub bundle_secrets: Family<RolloutLabels, Gauge>,
     pub bundle_writes: Family<AuthorityLabels, Counter>,
+    pub phase: Family<PhaseLabels, Gauge>,
+    pub transitions: Family<PhaseLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub authority: String,
+    pub phase: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +82,8 @@ impl Default for Metrics {
             bundle_namespaces: Family::default(),
             bundle_secrets: Family::default(),
             bundle_writes: Family::default(),
+            phase: Family::default(),
+            transitions: Family::default(),
             registry: Registry::default(),
         };
         registry.register("reconciles", "Reconciliations run", m.reconciles.clone());
@@ -134,6 +144,16 @@ impl Default for Metrics {
             "API writes made to publish trust bundles (ConfigMaps created, updated, deleted)",
             m.bundle_writes.clone(),
         );
+        registry.register(
+            "authority_phase",
+            "1 for each authority's current rotation phase, 0 for the others",
+            m.phase.clone(),
+        );
+        registry.register(
+            "rotation_transitions",
+            "Rotation phase transitions, by authority and phase entered",
+            m.transitions.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -182,6 +202,19 @@ impl Metrics {
         self.bundle_secrets.get_or_create(&l("current")).set(i64::from(r.secrets_up_to_date));
         self.bundle_secrets.get_or_create(&l("total")).set(i64::from(r.secrets_total));
         self.bundle_writes.get_or_create(&AuthorityLabels { authority: authority.into() }).inc_by(u64::from(r.writes));
+    }
+
+    /// Sets the phase gauge; `entered` also counts a transition when the phase changed.
+    pub fn phase_changed(&self, authority: &str, current: &str) {
+        for p in crate::rotation::Phase::ALL {
+            let l = PhaseLabels { authority: authority.into(), phase: p.as_str().into() };
+            let was = self.phase.get_or_create(&l).get();
+            let now = i64::from(p.as_str() == current);
+            if now == 1 && was == 0 && p != crate::rotation::Phase::Stable {
+                self.transitions.get_or_create(&l).inc();
+            }
+            self.phase.get_or_create(&l).set(now);
+        }
     }
 
     pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {

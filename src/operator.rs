@@ -106,6 +106,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         authority_changed: changed_tx,
         failures: RwLock::default(),
         reported: RwLock::default(),
+        reissue_limiters: RwLock::default(),
     });
 
     // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,

@@ -23,10 +23,13 @@ use super::{
 use crate::{
     bundle,
     controller::publish::{self, Caches},
-    crd::{BundleHistoryEntry, BundleStatus, CaInfo, MtlsAuthority, MtlsAuthorityStatus},
+    crd::{
+        BundleHistoryEntry, BundleStatus, CaInfo, MtlsAuthority, MtlsAuthorityStatus, RotationAction, RotationProgress,
+    },
     duration,
     error::Error,
     pki::{self, PkiError, SigningCa},
+    rotation::{Observed, Phase, RotationState},
 };
 
 /// Why an authority is not ready, as a condition reason.
@@ -75,33 +78,62 @@ fn load_from_secret(s: &Secret, now: Timestamp) -> Result<SigningCa, PkiError> {
     pki::load_ca(crt, key, secret_str(s, "ca.crt"), now)
 }
 
-/// Loads the CA generation `gen` of a generated authority, minting it if it does not exist yet.
-/// The Secret is written create-only: if another process won the race, its CA is used.
-async fn ensure_generated_ca(
+/// Where the key material of a CA generation that does not exist yet comes from.
+enum Mint {
+    /// Generate a new CA (`spec.ca.generate`).
+    Generate,
+    /// Copy the CA the user supplied, so that it stays available (to sign, or to roll back to)
+    /// after the user replaces their Secret.
+    Copy(Secret),
+}
+
+/// Loads CA generation `generation`, creating its Secret from `mint` if it does not exist and
+/// minting is allowed. The Secret is written create-only: if another process won the race, its
+/// CA is used, so two operator processes never produce two CAs for one generation.
+async fn ensure_generation(
     ctx: &Context,
     auth: &MtlsAuthority,
     generation: u32,
+    mint: Option<Mint>,
     now: Timestamp,
-) -> Result<Result<(SigningCa, String), NotReady>, Error> {
+) -> Result<Result<SigningCa, NotReady>, Error> {
     let name = auth.name_any();
     let secret_name = ca_secret_name(&name, generation);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let existing = api.get_opt(&secret_name).await.map_err(Error::kube("reading CA Secret"))?;
-    let secret = match existing {
-        Some(s) => s,
-        None => {
-            let generate = auth.spec.ca.generate.clone().unwrap_or_default();
-            let lifetime = match duration::parse(&generate.lifetime) {
-                Ok(d) => d,
-                Err(e) => return Ok(Err(NotReady { reason: "InvalidSpec", message: e.to_string() })),
+    let secret = match (existing, mint) {
+        (Some(s), _) => s,
+        (None, None) => {
+            return Ok(Err(NotReady {
+                reason: "CaSecretMissing",
+                message: format!(
+                    "CA generation {generation} (Secret {}/{secret_name}) has been deleted",
+                    ctx.namespace
+                ),
+            }));
+        }
+        (None, Some(mint)) => {
+            let (crt, key, root) = match mint {
+                Mint::Generate => {
+                    let generate = auth.spec.ca.generate.clone().unwrap_or_default();
+                    let lifetime = match duration::parse(&generate.lifetime) {
+                        Ok(d) => d,
+                        Err(e) => return Ok(Err(NotReady { reason: "InvalidSpec", message: e.to_string() })),
+                    };
+                    let subject = generate.subject.unwrap_or_default();
+                    let cn = subject.common_name.unwrap_or_else(|| format!("{name} mtls-operator CA {generation}"));
+                    match pki::generate_ca(&cn, &subject.organization, generate.algorithm, now, lifetime) {
+                        Ok((cert, key)) => (cert.clone(), key.expose().to_string(), cert),
+                        Err(e) => return Ok(Err(NotReady { reason: pki_reason(&e), message: e.to_string() })),
+                    }
+                }
+                Mint::Copy(src) => (
+                    secret_str(&src, "tls.crt").unwrap_or_default().to_string(),
+                    secret_str(&src, "tls.key").unwrap_or_default().to_string(),
+                    secret_str(&src, "ca.crt").unwrap_or_default().to_string(),
+                ),
             };
-            let subject = generate.subject.unwrap_or_default();
-            let cn = subject.common_name.unwrap_or_else(|| format!("{name} mtls-operator CA {generation}"));
-            let (cert, key) = match pki::generate_ca(&cn, &subject.organization, generate.algorithm, now, lifetime) {
-                Ok(v) => v,
-                Err(e) => return Ok(Err(NotReady { reason: pki_reason(&e), message: e.to_string() })),
-            };
-            let fp = pki::parse_pem_certs("generated CA", &cert).map(|d| pki::fingerprint(&d[0])).unwrap_or_default();
+            let fp = pki::parse_pem_certs("CA", &crt).map(|d| pki::fingerprint(&d[0])).unwrap_or_default();
             let secret = Secret {
                 metadata: ObjectMeta {
                     name: Some(secret_name.clone()),
@@ -116,22 +148,17 @@ async fn ensure_generated_ca(
                 },
                 type_: Some("kubernetes.io/tls".into()),
                 data: Some(BTreeMap::from([
-                    ("tls.crt".to_string(), ByteString(cert.clone().into_bytes())),
-                    ("tls.key".to_string(), ByteString(key.expose().as_bytes().to_vec())),
-                    ("ca.crt".to_string(), ByteString(cert.into_bytes())),
+                    ("tls.crt".to_string(), ByteString(crt.into_bytes())),
+                    ("tls.key".to_string(), ByteString(key.into_bytes())),
+                    ("ca.crt".to_string(), ByteString(root.into_bytes())),
                 ])),
                 ..Default::default()
             };
             match api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &secret).await {
                 Ok(created) => {
-                    tracing::info!(authority = %name, secret = %secret_name, "generated CA");
-                    ctx.event(
-                        &auth.object_ref(&()),
-                        false,
-                        "CaGenerated",
-                        format!("generated CA in Secret {}/{secret_name}", ctx.namespace),
-                    )
-                    .await;
+                    tracing::info!(authority = %name, secret = %secret_name, "stored CA generation {generation}");
+                    let note = format!("CA generation {generation} stored in Secret {}/{secret_name}", ctx.namespace);
+                    ctx.event(&auth.object_ref(&()), false, "CaGenerated", note).await;
                     created
                 }
                 // Someone else (another replica) created it first: use theirs, never mint a second.
@@ -142,17 +169,18 @@ async fn ensure_generated_ca(
             }
         }
     };
-    Ok(load_from_secret(&secret, now).map(|ca| (ca, secret_name.clone())).map_err(|e| NotReady {
+    Ok(load_from_secret(&secret, now).map_err(|e| NotReady {
         reason: pki_reason(&e),
         message: format!("CA Secret {}/{secret_name}: {e}", ctx.namespace),
     }))
 }
 
+/// Reads and vets the CA the user supplies. Returns the Secret (to copy) and the loaded CA.
 async fn load_supplied_ca(
     ctx: &Context,
     secret_name: &str,
     now: Timestamp,
-) -> Result<Result<(SigningCa, String), NotReady>, Error> {
+) -> Result<Result<(Secret, SigningCa), NotReady>, Error> {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let Some(secret) = api.get_opt(secret_name).await.map_err(Error::kube("reading supplied CA Secret"))? else {
         return Ok(Err(NotReady {
@@ -160,7 +188,7 @@ async fn load_supplied_ca(
             message: format!("Secret {}/{secret_name} named in spec.ca.secretRef does not exist", ctx.namespace),
         }));
     };
-    Ok(load_from_secret(&secret, now).map(|ca| (ca, secret_name.to_string())).map_err(|e| NotReady {
+    Ok(load_from_secret(&secret, now).map(|ca| (secret, ca)).map_err(|e| NotReady {
         reason: pki_reason(&e),
         message: format!("supplied CA Secret {}/{secret_name}: {e}", ctx.namespace),
     }))
@@ -197,57 +225,114 @@ async fn additional_cas(ctx: &Context, auth: &MtlsAuthority) -> Result<(Vec<Stri
     Ok((pems, missing))
 }
 
+/// The generation recorded by an older status (before rotation state existed), if any.
+fn legacy_generation(status: &MtlsAuthorityStatus) -> Option<u32> {
+    status.active_ca.as_ref()?.secret_name.as_deref()?.rsplit('-').next()?.parse().ok()
+}
+
 pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Caches) -> Result<Action, Error> {
     let name = auth.name_any();
     let now = Timestamp::now();
     let status = auth.status.clone().unwrap_or_default();
     ctx.metrics.reconciles.inc();
-
-    let loaded = match (&auth.spec.ca.generate, &auth.spec.ca.secret_ref) {
-        (_, Some(r)) => load_supplied_ca(&ctx, &r.name, now).await?,
-        (_, None) => {
-            // The active generation is recorded in status; a fresh authority starts at 1.
-            let generation = status
-                .active_ca
-                .as_ref()
-                .and_then(|c| c.secret_name.as_deref())
-                .and_then(|s| s.rsplit('-').next())
-                .and_then(|g| g.parse().ok())
-                .unwrap_or(1);
-            ensure_generated_ca(&ctx, &auth, generation, now).await?
-        }
-    };
-
+    let fresh = status.rotation.is_none() && status.active_ca.is_none();
+    let state =
+        status.rotation.clone().unwrap_or_else(|| RotationState::stable(legacy_generation(&status).unwrap_or(1)));
     let mut new_status = status.clone();
     new_status.observed_generation = auth.metadata.generation;
-    let (signer, secret_name) = match loaded {
-        Ok(v) => v,
-        Err(nr) => {
+
+    macro_rules! not_ready {
+        ($nr:expr) => {{
+            let nr: NotReady = $nr;
             ctx.publish_authority(&name, None);
             write_status(&ctx, &auth, &status, new_status, false, nr.reason, nr.message, now).await?;
             return Ok(Action::requeue(Duration::from_secs(300)));
-        }
+        }};
+    }
+
+    // The CA the user supplies, when there is one: vetted on every look.
+    let supplied = match &auth.spec.ca.secret_ref {
+        Some(r) => match load_supplied_ca(&ctx, &r.name, now).await? {
+            Ok(v) => Some(v),
+            Err(nr) => not_ready!(nr),
+        },
+        None => None,
+    };
+    let mint = || match &supplied {
+        Some((secret, _)) => Mint::Copy(secret.clone()),
+        None => Mint::Generate,
     };
 
+    // The CA generations the persisted state uses. Only a brand-new authority mints here; a
+    // rotation's new CA is minted just before the rotation is persisted (below).
+    let mut cas: BTreeMap<u32, SigningCa> = BTreeMap::new();
+    for generation in std::iter::once(state.from).chain(state.to) {
+        let allowed = fresh && generation == state.from;
+        match ensure_generation(&ctx, &auth, generation, allowed.then(mint), now).await? {
+            Ok(ca) => cas.insert(generation, ca),
+            Err(nr) => not_ready!(nr),
+        };
+    }
+    let signer = cas[&state.signer()].clone();
+    let own_roots: Vec<String> = state.bundle().iter().flat_map(|g| cas[g].roots_pem.clone()).collect();
     let (extra, missing) = additional_cas(&ctx, &auth).await?;
-    let bundle = bundle::assemble(&signer.roots_pem, &extra, now, status.bundle.as_ref());
+    let bundle = bundle::assemble(&own_roots, &extra, now, status.bundle.as_ref());
     let new_version = status.bundle.as_ref().is_none_or(|b| b.version != bundle.version);
-    new_status.phase = Some("Stable".into());
-    new_status.active_ca = Some(ca_info(&signer, &secret_name));
     ctx.metrics.set_authority(&name, signer.facts.not_after.as_second(), bundle.version);
-    let ca_expiry = signer.facts.not_after;
-    let signer_fp = signer.facts.fingerprint.clone();
-    // Identities learn of the new signer or bundle before anything else is written.
+
+    // Identities learn of the signer and bundle of the persisted state before anything else.
     ctx.publish_authority(
         &name,
         Some(AuthorityState {
             generation: auth.metadata.generation,
             spec: auth.spec.clone(),
-            signer,
+            signer: signer.clone(),
             bundle: bundle.clone(),
         }),
     );
-    let report = publish::publish(&ctx, &auth, &bundle, caches).await?;
+    let report = publish::publish(&ctx, &auth, &bundle, &signer.facts.fingerprint, caches).await?;
+
+    // Observe and step the rotation machine.
+    let propagation_delay = duration::parse(&auth.spec.rotation.propagation_delay).unwrap_or(Duration::from_secs(180));
+    let lifetime = signer.facts.not_after.duration_since(signer.facts.not_before).unsigned_abs();
+    let auto_before =
+        auth.spec.rotation.auto_rotate_before.as_deref().and_then(|d| duration::parse(d).ok()).unwrap_or(lifetime / 3);
+    let known: Vec<&str> = cas.values().map(|c| c.facts.fingerprint.as_str()).collect();
+    let obs = Observed {
+        now,
+        propagation_delay,
+        trigger: auth.spec.rotation.trigger.clone(),
+        rollback: auth.spec.rotation.action == Some(RotationAction::Rollback),
+        // Only a generated CA can be replaced without the user.
+        auto_due: supplied.is_none() && now + auto_before >= signer.facts.not_after,
+        supplied_changed: supplied.as_ref().is_some_and(|(_, ca)| !known.contains(&ca.facts.fingerprint.as_str())),
+        next_generation: state.from.max(state.to.unwrap_or(0)) + 1,
+        bundle_complete: report.complete() && report.conflicts.is_empty(),
+        all_signed: report.secrets_signed == report.secrets_total,
+    };
+    if state.wants_to_start(&obs) {
+        // Mint (create-only) before persisting the start: a crash in between finds this same
+        // generation again next time instead of minting another.
+        match ensure_generation(&ctx, &auth, obs.next_generation, Some(mint()), now).await? {
+            Ok(ca) => cas.insert(obs.next_generation, ca),
+            Err(nr) => not_ready!(nr),
+        };
+    }
+    let (next, transition) = state.step(&obs);
+
+    // Status describes the state being persisted.
+    let info = |g: u32| ca_info(&cas[&g], &ca_secret_name(&name, g));
+    new_status.phase = Some(next.phase.as_str().to_string());
+    new_status.active_ca = Some(info(next.signer()));
+    let other = if next.signer() == next.from { next.to } else { Some(next.from) };
+    let incoming = matches!(next.phase, Phase::Preparing | Phase::Propagating);
+    new_status.incoming_ca = other.filter(|_| incoming && next.to.is_some()).map(info);
+    new_status.retiring_ca = other.filter(|_| !incoming && next.to.is_some()).map(info);
+    new_status.phase_started_at =
+        Some(rfc3339(Timestamp::from_second(next.phase_since).unwrap_or(now))).filter(|_| next.phase_since > 0);
+    new_status.rotation_progress =
+        next.to.map(|_| RotationProgress { reissued: report.secrets_signed, total: report.secrets_total });
+    new_status.rotation = Some(next.clone());
     new_status.bundle = Some(BundleStatus {
         version: bundle.version,
         sha256: bundle.sha256.clone(),
@@ -272,8 +357,8 @@ pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Cac
     }
     let mut message = format!(
         "signing with CA {} valid until {}; trust bundle version {} in {}/{} namespaces and {}/{} identity Secrets",
-        &signer_fp[..16],
-        rfc3339(ca_expiry),
+        &signer.facts.fingerprint[..16],
+        rfc3339(signer.facts.not_after),
         bundle.version,
         report.namespaces_up_to_date,
         report.namespaces_total,
@@ -290,7 +375,43 @@ pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Cac
     if !missing.is_empty() {
         message += &format!("; additionalCAs not found or not PEM: {}", missing.join(", "));
     }
-    write_status(&ctx, &auth, &status, new_status, true, "CaReady", message, now).await?;
+    if state.phase == Phase::Stable && obs.trigger.is_some() && obs.trigger != state.observed_trigger && obs.rollback {
+        message += "; a new spec.rotation.trigger waits until spec.rotation.action (Rollback) is cleared";
+    }
+    let rotating = next.phase != Phase::Stable;
+    let rotating_msg = match next.to {
+        Some(to) => format!(
+            "{} from CA generation {} to {} ({})",
+            next.phase.as_str(),
+            next.from,
+            to,
+            next.cause.clone().unwrap_or_default()
+        ),
+        None => "no rotation in flight".to_string(),
+    };
+    let rotating_cond = condition(
+        &status.conditions,
+        "Rotating",
+        rotating,
+        if rotating { next.phase.as_str() } else { "Stable" },
+        rotating_msg,
+        auth.metadata.generation,
+        now,
+    );
+    write_status_with(&ctx, &auth, &status, new_status, true, "CaReady", message, now, Some(rotating_cond)).await?;
+
+    if let Some(t) = &transition {
+        ctx.metrics.phase_changed(&name, t.to.as_str());
+        let note = format!("{} -> {}: {}", t.from.as_str(), t.to.as_str(), t.why);
+        tracing::info!(authority = %name, "{note}");
+        ctx.event(&auth.object_ref(&()), false, "RotationPhase", note).await;
+        if t.to == Phase::Stable {
+            // The CA that left every bundle is archived: its key is kept (never deleted), marked.
+            mark_retired(&ctx, &name, state.from).await;
+        }
+    } else {
+        ctx.metrics.phase_changed(&name, next.phase.as_str());
+    }
     if new_version {
         let note = format!("trust bundle version {} ({} certificates) published", bundle.version, bundle.members.len());
         ctx.event(&auth.object_ref(&()), false, "BundlePublished", note).await;
@@ -301,15 +422,37 @@ pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Cac
         let note = format!("left out of the trust bundle: {}", missing.join(", "));
         ctx.event(&auth.object_ref(&()), true, "AdditionalCaUnavailable", note).await;
     }
-    // While the rollout is incomplete, look again shortly: the counts come from caches that
-    // other controllers are updating. Once complete, nothing happens until a watch fires or
-    // the CA nears expiry.
-    let requeue = if report.complete() && report.conflicts.is_empty() {
-        ca_expiry.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
+
+    // When to look again: right away after a transition (to apply the new state), at the end of
+    // a propagation wait, shortly while a rollout is converging, else when the CA needs rotating.
+    let requeue = if transition.is_some() {
+        Duration::from_millis(100)
     } else {
-        Duration::from_secs(2)
+        match next.phase {
+            Phase::Propagating | Phase::Draining => {
+                let due = Timestamp::from_second(next.phase_since).unwrap_or(now) + propagation_delay;
+                due.duration_since(now).unsigned_abs().max(Duration::from_millis(100))
+            }
+            Phase::Preparing | Phase::Reissuing | Phase::Retiring => Duration::from_secs(1),
+            Phase::Stable if !(report.complete() && report.conflicts.is_empty()) => Duration::from_secs(2),
+            Phase::Stable => {
+                let due = signer.facts.not_after - auto_before;
+                due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
+            }
+        }
     };
     Ok(Action::requeue(requeue))
+}
+
+/// Labels an archived CA generation's Secret `mtls.io/ca-state=retired`.
+async fn mark_retired(ctx: &Context, authority: &str, generation: u32) {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let patch = serde_json::json!({"metadata": {"labels": {"mtls.io/ca-state": "retired"}}});
+    if let Err(e) =
+        api.patch(&ca_secret_name(authority, generation), &PatchParams::default(), &Patch::Merge(patch)).await
+    {
+        tracing::warn!(authority, generation, error = %e, "could not mark the retired CA");
+    }
 }
 
 /// Writes status when it changed, with one Event when the Ready condition changes.
@@ -318,15 +461,32 @@ async fn write_status(
     ctx: &Context,
     auth: &MtlsAuthority,
     status: &MtlsAuthorityStatus,
-    mut new_status: MtlsAuthorityStatus,
+    new_status: MtlsAuthorityStatus,
     ok: bool,
     reason: &str,
     message: String,
     now: Timestamp,
 ) -> Result<(), Error> {
+    let keep = status.conditions.iter().find(|c| c.type_ == "Rotating").cloned();
+    write_status_with(ctx, auth, status, new_status, ok, reason, message, now, keep).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write_status_with(
+    ctx: &Context,
+    auth: &MtlsAuthority,
+    status: &MtlsAuthorityStatus,
+    mut new_status: MtlsAuthorityStatus,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+    rotating: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+) -> Result<(), Error> {
     let name = auth.name_any();
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", ok, reason, message.clone(), auth.metadata.generation, now)];
+    new_status.conditions.extend(rotating);
     if new_status == *status {
         return Ok(());
     }

@@ -377,6 +377,10 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
                 .as_ref()
                 .and_then(|s| s.annotations().get(ANN_NOT_AFTER).and_then(|t| parse_rfc3339(t)))
                 .map_or(0, |t| t.as_second());
+            if kind == IssueKind::Reissue {
+                // Re-issues (a CA rotation, a policy change) go at the authority's reissueRate.
+                ctx.reissue_limiter(&auth_name, auth.spec.rotation.reissue_rate).acquire(urgency).await;
+            }
             ctx.limiter.acquire(urgency).await;
             let started = std::time::Instant::now();
             let req = LeafRequest {

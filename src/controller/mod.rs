@@ -68,6 +68,8 @@ pub struct Context {
     /// The last problem reported per object (reason, message): a reconcile that starts from a
     /// cached object whose status lags behind must not report the same problem twice.
     pub reported: RwLock<HashMap<String, (String, String)>>,
+    /// Per-authority limiters for re-issues (`spec.rotation.reissueRate`), by authority name.
+    pub reissue_limiters: RwLock<HashMap<String, (u32, Arc<RateLimiter>)>>,
 }
 
 impl Context {
@@ -93,6 +95,21 @@ impl Context {
         if changed {
             let _ = self.authority_changed.send(name.to_string());
         }
+    }
+
+    /// The re-issue limiter of an authority, rebuilt when its rate changes.
+    pub fn reissue_limiter(&self, authority: &str, rate: u32) -> Arc<RateLimiter> {
+        if let Some((r, l)) = self.reissue_limiters.read().expect("limiter map lock poisoned").get(authority) {
+            if *r == rate {
+                return l.clone();
+            }
+        }
+        let l = Arc::new(RateLimiter::new(f64::from(rate), rate.max(1)));
+        self.reissue_limiters
+            .write()
+            .expect("limiter map lock poisoned")
+            .insert(authority.to_string(), (rate, l.clone()));
+        l
     }
 
     /// Records one more failure for `key`; returns the consecutive count.

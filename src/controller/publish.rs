@@ -18,7 +18,8 @@ use kube::{
 };
 
 use super::{
-    ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY, MANAGER,
+    ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, ANN_ISSUER, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY,
+    MANAGER,
 };
 use crate::{bundle::Bundle, crd::MtlsAuthority, error::Error, policy};
 
@@ -44,6 +45,8 @@ pub struct Report {
     pub namespaces_up_to_date: u32,
     pub secrets_total: u32,
     pub secrets_up_to_date: u32,
+    /// Identity Secrets whose leaf was issued by the current signer.
+    pub secrets_signed: u32,
     pub writes: u32,
     /// Namespaces where a ConfigMap of that name exists and is not this authority's.
     pub conflicts: Vec<String>,
@@ -105,7 +108,13 @@ fn history_name(base: &str, version: i64) -> String {
     format!("{base}-v{version}")
 }
 
-pub async fn publish(ctx: &Context, auth: &MtlsAuthority, bundle: &Bundle, caches: &Caches) -> Result<Report, Error> {
+pub async fn publish(
+    ctx: &Context,
+    auth: &MtlsAuthority,
+    bundle: &Bundle,
+    signer_fingerprint: &str,
+    caches: &Caches,
+) -> Result<Report, Error> {
     let name = auth.name_any();
     let spec = &auth.spec.trust_bundle;
     let cm_name = spec.config_map_name.as_str();
@@ -221,6 +230,9 @@ pub async fn publish(ctx: &Context, auth: &MtlsAuthority, bundle: &Bundle, cache
             report.secrets_total += 1;
             if s.annotations().get(ANN_BUNDLE_VERSION) == Some(&bundle.version.to_string()) {
                 report.secrets_up_to_date += 1;
+            }
+            if s.annotations().get(ANN_ISSUER).map(String::as_str) == Some(signer_fingerprint) {
+                report.secrets_signed += 1;
             }
         }
     }
