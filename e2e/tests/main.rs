@@ -7,3 +7,4 @@ mod bundles;
 mod foundation;
 mod issuance;
 mod renewal;
+mod rotation;

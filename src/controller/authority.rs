@@ -491,7 +491,7 @@ async fn write_status_with(
         return Ok(());
     }
     let api: Api<MtlsAuthority> = Api::all(ctx.client.clone());
-    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": new_status })))
+    api.patch_status(&name, &PatchParams::default(), &Patch::Merge(super::status_patch(status, &new_status)))
         .await
         .map_err(Error::kube("writing authority status"))?;
     // One Event per change of readiness or reason, not per reconcile.

@@ -460,7 +460,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         last_failure_time: status.last_failure_time.clone(),
     };
     if new_status != status {
-        patch_status(&ctx, &id, &new_status).await?;
+        patch_status(&ctx, &id, &status, &new_status).await?;
     }
     ctx.clear_failures(&key_of(&id));
     ctx.metrics.set_identity(&ns, &name, current.facts.not_after.as_second(), current.renewal_time.as_second());
@@ -486,9 +486,14 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     Ok(Action::requeue(wait.max(Duration::from_millis(100))))
 }
 
-async fn patch_status(ctx: &Context, id: &MtlsIdentity, status: &MtlsIdentityStatus) -> Result<(), Error> {
+async fn patch_status(
+    ctx: &Context,
+    id: &MtlsIdentity,
+    old: &MtlsIdentityStatus,
+    status: &MtlsIdentityStatus,
+) -> Result<(), Error> {
     let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
-    api.patch_status(&id.name_any(), &PatchParams::default(), &Patch::Merge(serde_json::json!({ "status": status })))
+    api.patch_status(&id.name_any(), &PatchParams::default(), &Patch::Merge(super::status_patch(old, status)))
         .await
         .map_err(Error::kube("writing identity status"))?;
     Ok(())
@@ -510,7 +515,7 @@ async fn not_ready(
         vec![condition(&status.conditions, "Ready", false, p.reason, p.message.clone(), id.metadata.generation, now)];
     new_status.observed_generation = id.metadata.generation;
     if new_status != *status {
-        patch_status(ctx, id, &new_status).await?;
+        patch_status(ctx, id, status, &new_status).await?;
     }
     if is_new {
         ctx.metrics.reconcile_error(p.reason);

@@ -156,6 +156,32 @@ impl Context {
     }
 }
 
+/// A JSON merge patch (RFC 7386) that turns `old` into `new`: fields `new` lacks are sent as
+/// `null`, so that a cleared optional field is really removed from the stored status.
+pub fn merge_patch(old: &serde_json::Value, new: &serde_json::Value) -> serde_json::Value {
+    match (old, new) {
+        (serde_json::Value::Object(o), serde_json::Value::Object(n)) => {
+            let mut out = serde_json::Map::new();
+            for (k, nv) in n {
+                out.insert(k.clone(), o.get(k).map_or_else(|| nv.clone(), |ov| merge_patch(ov, nv)));
+            }
+            for k in o.keys() {
+                if !n.contains_key(k) {
+                    out.insert(k.clone(), serde_json::Value::Null);
+                }
+            }
+            serde_json::Value::Object(out)
+        }
+        _ => new.clone(),
+    }
+}
+
+/// A status patch from `old` to `new`.
+pub fn status_patch<T: serde::Serialize>(old: &T, new: &T) -> serde_json::Value {
+    let (o, n) = (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default());
+    serde_json::json!({ "status": merge_patch(&o, &n) })
+}
+
 /// RFC 3339 at second precision, the format used in status and annotations.
 pub fn rfc3339(t: Timestamp) -> String {
     t.round(Unit::Second).unwrap_or(t).to_string()
@@ -215,6 +241,13 @@ pub fn merge_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn merge_patch_removes_cleared_fields() {
+        let old = serde_json::json!({"a": 1, "b": {"c": 2, "d": 3}, "e": [1]});
+        let new = serde_json::json!({"a": 1, "b": {"c": 2}});
+        assert_eq!(merge_patch(&old, &new), serde_json::json!({"a": 1, "b": {"c": 2, "d": null}, "e": null}));
+    }
 
     #[test]
     fn backoff_grows_from_seconds_and_respects_remaining_lifetime() {
