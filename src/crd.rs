@@ -89,6 +89,7 @@ pub enum Usage {
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.rotation) || !has(self.rotation.autoRotateBefore) || !has(self.ca) || !has(self.ca.generate) || duration(self.rotation.autoRotateBefore) < duration(self.ca.generate.lifetime)").message("rotation.autoRotateBefore must be shorter than ca.generate.lifetime, or every new CA would rotate at once"))]
 pub struct MtlsAuthoritySpec {
     /// SPIFFE trust domain: identities get `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     #[serde(default = "default_cluster_local")]

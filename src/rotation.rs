@@ -435,6 +435,18 @@ mod tests {
     }
 
     #[test]
+    fn auto_rotation_and_a_new_supplied_ca_start_a_rotation() {
+        let s = RotationState::stable(4);
+        let (a, _) = s.step(&Observed { auto_due: true, next_generation: 5, ..obs(0) });
+        assert_eq!((a.phase, a.to, a.cause.as_deref()), (Phase::Preparing, Some(5), Some("auto")));
+        let (b, _) = s.step(&Observed { supplied_changed: true, next_generation: 5, ..obs(0) });
+        assert_eq!((b.phase, b.cause.as_deref()), (Phase::Preparing, Some("supplied-ca")));
+        // Neither interrupts a rotation in flight.
+        let (c, t) = a.step(&Observed { auto_due: true, supplied_changed: true, next_generation: 6, ..obs(1) });
+        assert_eq!((c.to, t), (Some(5), None));
+    }
+
+    #[test]
     fn rollback_from_each_phase_keeps_the_old_ca_trusted() {
         let start = RotationState::stable(1).step(&Observed { trigger: Some("go".into()), ..obs(0) }).0;
         for phase in [Phase::Preparing, Phase::Propagating, Phase::Reissuing, Phase::Draining, Phase::Retiring] {

@@ -486,3 +486,65 @@ async fn a_propagation_delay_shorter_than_kubelet_breaks_handshakes() {
     eprintln!("propagationDelay below the kubelet delay: {ok} handshakes, {failed} failed");
     assert!(failed > 0, "the harness must detect failures when propagationDelay is too short ({ok} handshakes)");
 }
+
+#[tokio::test]
+async fn a_new_ca_in_the_supplied_secret_is_rotated_in() {
+    harness::operator().await;
+    let client = harness::client().await;
+    let now = jiff::Timestamp::now();
+    let gen_ca = |cn: &str| {
+        let (c, k) = mtls_operator::pki::generate_ca(
+            cn,
+            &[],
+            mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+            now,
+            Duration::from_secs(86400 * 30),
+        )
+        .unwrap();
+        (c, k.expose().to_string())
+    };
+    let secret_of = |name: &str, (crt, key): (String, String)| Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+        data: Some(
+            [("tls.crt", crt), ("tls.key", key)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), k8s_openapi::ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    let secret_name = format!("byo-{:06x}", harness::rand_u32() & 0xffffff);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), harness::OPERATOR_NAMESPACE);
+    secrets.create(&Default::default(), &secret_of(&secret_name, gen_ca("first supplied"))).await.unwrap();
+    let auth = TestAuthority::create(
+        &client,
+        "byo",
+        serde_json::json!({"ca": {"secretRef": {"name": secret_name}}, "rotation": {"propagationDelay": "2s"}}),
+    )
+    .await;
+    wait_authority_ready(&client, &auth.name).await;
+    let ns = TestNamespace::new(&client, "byo").await;
+    create_identity(&client, &ns.name, "app", &auth.name, serde_json::json!({})).await;
+    wait_identity_ready(&client, &ns.name, "app").await;
+
+    // The user puts a new CA into their Secret: the operator rotates to it.
+    let second = gen_ca("second supplied");
+    let fp2 = mtls_operator::pki::fingerprint(&mtls_operator::pki::parse_pem_certs("c", &second.0).unwrap()[0]);
+    secrets
+        .replace(&secret_name, &Default::default(), &{
+            let mut s = secret_of(&secret_name, second);
+            s.metadata.resource_version = secrets.get(&secret_name).await.unwrap().resource_version();
+            s
+        })
+        .await
+        .unwrap();
+    let phases = watch_phases(&client, &auth.name, Duration::from_secs(120), stable_at(2)).await;
+    assert!(phases.contains(&"Reissuing".to_string()), "{phases:?}");
+    let a = authority(&client, &auth.name).await;
+    let st = a.status.unwrap();
+    assert_eq!(st.active_ca.unwrap().fingerprint, fp2);
+    assert_eq!(st.rotation.unwrap().cause.as_deref(), Some("supplied-ca"));
+    let s = Api::<Secret>::namespaced(client.clone(), &ns.name).get("app-mtls").await.unwrap();
+    assert_eq!(s.annotations().get("mtls.io/issuer-fingerprint"), Some(&fp2));
+    let _ = secrets.delete(&secret_name, &Default::default()).await;
+}
