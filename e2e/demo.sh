@@ -32,6 +32,8 @@ kubectl apply -f manifests/examples/authority.yaml -f manifests/examples/identit
 kubectl wait --for=condition=Ready mtlsauthority/default --timeout=60s
 kubectl wait --for=condition=Ready -n demo mtlsidentity/web mtlsidentity/client --timeout=60s
 kubectl get mtlsauthorities,mtlsidentities -A -o wide
+echo "==> the trust bundle ConfigMap, published in every namespace"
+kubectl get configmap -A -l mtls.io/authority=default,'!mtls.io/bundle-history'
 
 echo "==> mutual TLS between demo/web and demo/client with the issued Secrets"
 files=$(mktemp -d)

@@ -156,6 +156,14 @@ async fn short_lived_certificates_renew_before_expiry_while_mtls_keeps_working()
     }
     stop.store(true, Ordering::Relaxed);
 
+    eprintln!(
+        "renewals observed: api {}, caller {}; handshakes: {} rustls, {} openssl, {} failed",
+        serials["api"].len() - 1,
+        serials["caller"].len() - 1,
+        ok.load(Ordering::Relaxed),
+        openssl_ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     assert_eq!(failed.load(Ordering::Relaxed), 0, "failed handshakes: {:?}", failures.lock().unwrap());
     assert!(ok.load(Ordering::Relaxed) > 100, "rustls handshakes: {}", ok.load(Ordering::Relaxed));
     assert!(openssl_ok.load(Ordering::Relaxed) > 5, "openssl handshakes: {}", openssl_ok.load(Ordering::Relaxed));

@@ -143,11 +143,17 @@ impl Context {
         reason: &str,
         note: String,
     ) {
+        // The recorder folds Events with the same (reason, action) into one series that keeps the
+        // first message; deriving the action from the message keeps each distinct change
+        // visible while identical repeats still fold together.
+        let digest = hex::encode(
+            &sha2::Digest::finalize(sha2::Digest::chain_update(sha2::Sha256::default(), note.as_bytes()))[..4],
+        );
         let ev = Event {
             type_: if warning { EventType::Warning } else { EventType::Normal },
             reason: reason.to_string(),
-            note: Some(note),
-            action: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: format!("{reason}-{digest}"),
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&ev, reference).await {
