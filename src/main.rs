@@ -46,6 +46,13 @@ struct RunArgs {
     /// Identities reconciled in parallel.
     #[arg(long, env = "MTLS_CONCURRENCY", default_value_t = 32)]
     concurrency: u16,
+    /// Run the controllers only while holding the Lease `--lease-name` in `--namespace`, so that
+    /// several replicas can run safely.
+    #[arg(long, env = "MTLS_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "MTLS_LEASE_NAME", default_value = "mtls-operator")]
+    lease_name: String,
     /// Exit when standard input closes (lets a test harness tie the operator to its own life).
     #[arg(long, hide = true)]
     exit_on_stdin_close: bool,
@@ -90,6 +97,7 @@ async fn main() -> anyhow::Result<()> {
                 issuance_burst: args.issuance_burst,
                 concurrency: args.concurrency,
                 exit_on_stdin_close: args.exit_on_stdin_close,
+                leader_election: args.leader_elect.then_some(args.lease_name),
             };
             if let Err(e) = mtls_operator::operator::run(config).await {
                 tracing::error!(error = format!("{e:#}"), "operator stopped");

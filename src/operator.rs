@@ -33,6 +33,7 @@ use crate::{
     controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish},
     crd::{MtlsAuthority, MtlsIdentity},
     http::{self, Health},
+    leader,
     metrics::Metrics,
     ratelimit::RateLimiter,
 };
@@ -49,6 +50,8 @@ pub struct Config {
     pub concurrency: u16,
     /// Also stop when stdin reaches end of file.
     pub exit_on_stdin_close: bool,
+    /// Run the controllers only while holding this Lease (in `namespace`).
+    pub leader_election: Option<String>,
 }
 
 /// Fails with an actionable message unless both CRDs exist and are Established.
@@ -91,6 +94,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = http::serve(config.listen, health, stopped()).await?;
 
     check_crds(&client).await?;
+
+    // SIGTERM/SIGINT (or, for test harnesses, stdin closing) stops everything gracefully.
+    let stop_tx = Arc::new(stop_tx);
+    {
+        let stop_tx = stop_tx.clone();
+        let exit_on_stdin_close = config.exit_on_stdin_close;
+        tokio::spawn(async move {
+            let stdin_closed = async {
+                if exit_on_stdin_close {
+                    // A plain thread: a blocked read must not hold up the runtime's shutdown.
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                        let _ = tx.send(());
+                    });
+                    let _ = rx.await;
+                } else {
+                    future::pending::<()>().await;
+                }
+            };
+            tokio::select! {
+                _ = shutdown_signal() => {},
+                _ = stdin_closed => {},
+            }
+            tracing::info!("signal received; shutting down");
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    // With leader election, stand by (healthy and ready) until this replica holds the Lease.
+    let leader = config.leader_election.as_ref().map(|lease| {
+        let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+            format!("{}-{}", std::env::var("HOSTNAME").unwrap_or_else(|_| "mtls-operator".into()), std::process::id())
+        });
+        leader::LeaderConfig::new(&config.namespace, lease, identity)
+    });
+    if let Some(cfg) = &leader {
+        ready.store(true, Ordering::Relaxed);
+        let mut stop = stop_rx.clone();
+        tokio::select! {
+            _ = leader::acquire(&client, cfg) => {}
+            _ = stop.wait_for(|s| *s) => {
+                let _ = server.await;
+                return Ok(());
+            }
+        }
+        ready.store(false, Ordering::Relaxed);
+    }
 
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let ctx = Arc::new(Context {
@@ -292,31 +343,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
 
     tracing::info!(namespace = %config.namespace, "starting controllers");
-    let exit_on_stdin_close = config.exit_on_stdin_close;
-    let signal = async {
-        let stdin_closed = async {
-            if exit_on_stdin_close {
-                // A plain thread: a blocked read must not hold up the runtime's shutdown.
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-                    let _ = tx.send(());
-                });
-                let _ = rx.await;
-            } else {
-                future::pending::<()>().await;
+    // Leading: keep the Lease; losing it stops the controllers (the process then exits with an
+    // error and restarts as a standby).
+    let lost = Arc::new(AtomicBool::new(false));
+    let leadership = {
+        let (lost, stop_tx, client) = (lost.clone(), stop_tx.clone(), client.clone());
+        let leader = leader.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let Some(cfg) = leader else { return };
+            tokio::select! {
+                _ = leader::hold(&client, &cfg) => {
+                    lost.store(true, Ordering::Relaxed);
+                    let _ = stop_tx.send(true);
+                }
+                _ = stop.wait_for(|s| *s) => {}
             }
-        };
-        tokio::select! {
-            _ = shutdown_signal() => {},
-            _ = stdin_closed => {},
         }
-        tracing::info!("signal received; shutting down");
-        ready.store(false, Ordering::Relaxed);
-        let _ = stop_tx.send(true);
     };
-    tokio::join!(authority_controller, identity_controller, readiness, signal);
+    tokio::join!(authority_controller, identity_controller, readiness, leadership);
+    ready.store(false, Ordering::Relaxed);
+    if let (Some(cfg), false) = (&leader, lost.load(Ordering::Relaxed)) {
+        leader::release(&client, cfg).await;
+    }
     let _ = server.await;
+    if lost.load(Ordering::Relaxed) {
+        anyhow::bail!("lost leadership of Lease {}/{}", config.namespace, config.leader_election.unwrap_or_default());
+    }
     tracing::info!("stopped");
     Ok(())
 }

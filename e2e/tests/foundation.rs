@@ -188,3 +188,41 @@ async fn operator_serves_probes_and_metrics() {
     assert_eq!(code, 200);
     assert!(body.contains("mtls_operator_up 1"), "{body}");
 }
+
+#[tokio::test]
+async fn metrics_report_each_identitys_expiry() {
+    use crate::issuance::{TestAuthority, create_identity, wait_authority_ready, wait_identity_ready};
+    let op = harness::operator().await;
+    let client = harness::client().await;
+    let auth = TestAuthority::create(&client, "metrics", serde_json::json!({})).await;
+    wait_authority_ready(&client, &auth.name).await;
+    let ns = TestNamespace::new(&client, "metrics").await;
+    create_identity(&client, &ns.name, "app", &auth.name, serde_json::json!({})).await;
+    let id = wait_identity_ready(&client, &ns.name, "app").await;
+    let s =
+        Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name).get("app-mtls").await.unwrap();
+    let crt = String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap();
+    let not_after = mtls_operator::pki::inspect_leaf(&crt, "").unwrap().facts.not_after.as_second();
+    assert_eq!(
+        mtls_operator::controller::parse_rfc3339(id.status.unwrap().not_after.as_deref().unwrap()).unwrap().as_second(),
+        not_after
+    );
+    let (_, body) = harness::http_get(&format!("{}/metrics", op.metrics_url)).await.unwrap();
+    let line = body
+        .lines()
+        .find(|l| {
+            l.starts_with("mtls_operator_identity_expiry_timestamp_seconds")
+                && l.contains(&format!("namespace=\"{}\"", ns.name))
+        })
+        .unwrap_or_else(|| panic!("no expiry metric for {}:\n{body}", ns.name));
+    let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert_eq!(value, not_after, "{line}");
+    for needle in [
+        "mtls_operator_issuances_total",
+        "mtls_operator_bundle_version",
+        "mtls_operator_authority_phase",
+        "mtls_operator_ca_expiry_timestamp_seconds",
+    ] {
+        assert!(body.contains(needle), "{needle} missing");
+    }
+}
