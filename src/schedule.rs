@@ -23,14 +23,16 @@ pub fn default_renew_before(duration: Duration) -> Duration {
     duration / 3
 }
 
-/// The instant to renew a leaf valid from `not_before` to `not_after`.
-pub fn renewal_time(not_before: Timestamp, not_after: Timestamp, renew_before: Duration, serial: &str) -> Timestamp {
-    let lifetime = not_after.duration_since(not_before).unsigned_abs();
-    let jitter = lifetime.mul_f64(JITTER_FRACTION * unit_jitter(serial));
+/// The instant to renew a leaf issued at `issued_at` that expires at `not_after`. The jitter is
+/// at most 10% of the lifetime and at most half of the time between issuance and
+/// `not_after - renew_before`, so a renewal is never scheduled at (or before) the issuance it
+/// follows, whatever `renew_before` is: no re-issue loop.
+pub fn renewal_time(issued_at: Timestamp, not_after: Timestamp, renew_before: Duration, serial: &str) -> Timestamp {
+    let lifetime = not_after.duration_since(issued_at).unsigned_abs();
     let renew_before = renew_before.min(lifetime);
-    let at = not_after - renew_before - jitter;
-    // Never schedule a renewal before the certificate is even valid.
-    at.max(not_before)
+    let window = lifetime - renew_before;
+    let jitter = lifetime.mul_f64(JITTER_FRACTION).min(window / 2).mul_f64(unit_jitter(serial));
+    (not_after - renew_before - jitter).max(issued_at + Duration::from_secs(1))
 }
 
 /// Order in which to look at identities after the operator has been down: those without a
@@ -100,9 +102,20 @@ mod tests {
     }
 
     #[test]
-    fn renew_before_longer_than_lifetime_renews_at_issue() {
-        let nb = t("2026-01-01T00:00:00Z");
-        let na = nb + Duration::from_secs(600);
-        assert_eq!(renewal_time(nb, na, Duration::from_secs(3600), "x"), nb);
+    fn a_renewal_never_falls_on_its_own_issuance() {
+        let issued = t("2026-01-01T00:00:00Z");
+        let na = issued + Duration::from_secs(600);
+        // renewBefore (almost) as long as the lifetime: still strictly after issuance.
+        for rb in [590, 599, 600, 3600] {
+            for i in 0..200 {
+                let r = renewal_time(issued, na, Duration::from_secs(rb), &format!("{i:x}"));
+                assert!(r > issued, "renewBefore {rb}s: renewal at issuance");
+            }
+        }
+        // With room to spare, the jitter stays within half of the window before renewBefore.
+        for i in 0..200 {
+            let r = renewal_time(issued, na, Duration::from_secs(540), &format!("{i:x}"));
+            assert!(r >= issued + Duration::from_secs(30) && r <= issued + Duration::from_secs(60));
+        }
     }
 }

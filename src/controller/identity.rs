@@ -172,6 +172,11 @@ pub struct Current {
     pub renewal_time: Timestamp,
 }
 
+/// When a leaf we issued is renewed (its notBefore is backdated from the issuance instant).
+fn renewal_of(facts: &pki::CertFacts, renew_before: Duration) -> Timestamp {
+    schedule::renewal_time(facts.not_before + CLOCK_SKEW_ALLOWANCE, facts.not_after, renew_before, &facts.serial)
+}
+
 /// Decides whether the certificate in `secret` can be kept at `now`, and if not, why.
 pub fn assess(
     secret: Option<&Secret>,
@@ -208,8 +213,7 @@ pub fn assess(
     if leaf.chain_der != want_chain {
         return Err(IssueKind::Repair);
     }
-    let renewal =
-        schedule::renewal_time(leaf.facts.not_before, leaf.facts.not_after, want.renew_before, &leaf.facts.serial);
+    let renewal = renewal_of(&leaf.facts, want.renew_before);
     if now >= renewal || now >= leaf.facts.not_after {
         return Err(IssueKind::Renewal);
     }
@@ -397,12 +401,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
                 .await
                 .map_err(|e| Error::Pki(pki::PkiError::Generate(format!("issuing task failed: {e}"))))??;
-            let renewal = schedule::renewal_time(
-                leaf.facts.not_before,
-                leaf.facts.not_after,
-                want.renew_before,
-                &leaf.facts.serial,
-            );
+            let renewal = renewal_of(&leaf.facts, want.renew_before);
             ctx.metrics.observe_issuance(&auth_name, kind.label(), started.elapsed());
             (
                 Current {
