@@ -44,7 +44,7 @@ struct RunArgs {
     #[arg(long, env = "MTLS_ISSUANCE_BURST", default_value_t = 100)]
     issuance_burst: u32,
     /// Identities reconciled in parallel.
-    #[arg(long, env = "MTLS_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "MTLS_CONCURRENCY", default_value_t = 64)]
     concurrency: u16,
     /// Run the controllers only while holding the Lease `--lease-name` in `--namespace`, so that
     /// several replicas can run safely.

@@ -297,7 +297,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         futures::stream::iter(refs)
     });
-    let stores = Arc::new(identity::Stores { namespaces: ns_store.clone() });
+    let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_store.clone() });
     let identity_controller = Controller::for_stream(id_stream, id_store.clone())
         .owns_stream(owned_secrets)
         .watches_stream(namespaces, move |ns: PartialObjectMeta<Namespace>| {

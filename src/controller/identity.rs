@@ -14,7 +14,10 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
     core::PartialObjectMeta,
-    runtime::{controller::Action, reflector::Store},
+    runtime::{
+        controller::Action,
+        reflector::{ObjectRef, Store},
+    },
 };
 use sha2::{Digest, Sha256};
 
@@ -172,6 +175,15 @@ pub struct Current {
     pub renewal_time: Timestamp,
 }
 
+fn conflict(ns: &str, secret: &str) -> Problem {
+    Problem {
+        reason: "SecretConflict",
+        message: format!(
+            "Secret {ns}/{secret} exists and is not owned by this MtlsIdentity; delete it or set spec.secretName"
+        ),
+    }
+}
+
 /// When a leaf we issued is renewed (its notBefore is backdated from the issuance instant).
 fn renewal_of(facts: &pki::CertFacts, renew_before: Duration) -> Timestamp {
     schedule::renewal_time(facts.not_before + CLOCK_SKEW_ALLOWANCE, facts.not_after, renew_before, &facts.serial)
@@ -308,6 +320,8 @@ fn key_of(id: &MtlsIdentity) -> String {
 
 pub struct Stores {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Secrets this operator manages (metadata only).
+    pub secrets: Store<PartialObjectMeta<Secret>>,
 }
 
 pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
@@ -341,7 +355,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         return not_ready(&id, &ctx, &status, p, now).await;
     };
     // The namespace cache may not have caught up with a brand-new namespace: ask the API then.
-    let ns_labels = match stores.namespaces.get(&kube::runtime::reflector::ObjectRef::new(&ns)) {
+    let ns_labels = match stores.namespaces.get(&ObjectRef::new(&ns)) {
         Some(n) => n.labels().clone(),
         None => Api::<Namespace>::all(ctx.client.clone())
             .get_metadata_opt(&ns)
@@ -357,15 +371,17 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
 
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let sname = secret_name(&id);
-    let existing = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
+    // A never-issued identity whose Secret is not in our cache gets its Secret created without a
+    // read first (a foreign Secret of that name makes the create fail, and is then read below).
+    let cached = stores.secrets.get(&ObjectRef::new(&sname).within(&ns)).is_some();
+    let existing = if cached || status.serial_number.is_some() {
+        secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?
+    } else {
+        None
+    };
     if let Some(s) = &existing {
         if !owned_by(s, &id) {
-            let p = Problem {
-                reason: "SecretConflict",
-                message: format!(
-                    "Secret {ns}/{sname} exists and is not owned by this MtlsIdentity; delete it or set spec.secretName"
-                ),
-            };
+            let p = conflict(&ns, &sname);
             return not_ready(&id, &ctx, &status, p, now).await;
         }
     }
@@ -418,10 +434,19 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         build_secret(&id, &auth_name, &want, &current, &auth.bundle, &auth.signer.facts.fingerprint, existing.as_ref());
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     let secret_written = match &existing {
-        None => {
-            secrets.create(&pp, &desired_secret).await.map_err(Error::kube("creating identity Secret"))?;
-            true
-        }
+        None => match secrets.create(&pp, &desired_secret).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(ae)) if ae.code == 409 => {
+                let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
+                if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
+                    let p = conflict(&ns, &sname);
+                    return not_ready(&id, &ctx, &status, p, now).await;
+                }
+                // Ours after all (the cache lagged): look again.
+                return Ok(Action::requeue(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(Error::kube("creating identity Secret")(e)),
+        },
         Some(have) if secret_differs(have, &desired_secret) => {
             secrets.replace(&sname, &pp, &desired_secret).await.map_err(Error::kube("updating identity Secret"))?;
             true
