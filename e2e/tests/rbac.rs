@@ -183,3 +183,30 @@ async fn the_operator_works_as_the_charts_service_account() {
     let _ = auths.delete(&name, &DeleteParams::default()).await;
     let _ = ns_api.delete(&ns, &DeleteParams::default()).await;
 }
+
+#[tokio::test]
+async fn the_rendered_install_manifest_is_accepted_by_the_api_server() {
+    let client = harness::client().await;
+    harness::install_crds(&client).await;
+    let _ = Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "mtls-system"}})).unwrap(),
+        )
+        .await;
+    let out = Command::new("kubectl")
+        .args(["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f"])
+        .arg(harness::repo_root().join("manifests/install.yaml"))
+        .env("KUBECONFIG", harness::kubeconfig_path())
+        .output()
+        .expect("kubectl");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "server-side dry run refused manifests/install.yaml:\n{text}");
+    for kind in [
+        "deployment.apps/mtls-operator",
+        "clusterrole.rbac.authorization.k8s.io/mtls-operator",
+        "mtlsauthority.mtls.io/default",
+    ] {
+        assert!(text.contains(kind), "{kind} missing from the dry run:\n{text}");
+    }
+}
