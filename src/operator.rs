@@ -158,6 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         failures: RwLock::default(),
         reported: RwLock::default(),
         reissue_limiters: RwLock::default(),
+        written_status: RwLock::default(),
     });
 
     // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,

@@ -483,7 +483,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         failure_count: None,
         last_failure_time: status.last_failure_time.clone(),
     };
-    if new_status != status {
+    if new_status != status && ctx.status_is_new(&id.uid().unwrap_or_default(), &new_status) {
         patch_status(&ctx, &id, &status, &new_status).await?;
     }
     ctx.clear_failures(&key_of(&id));
@@ -517,9 +517,14 @@ async fn patch_status(
     status: &MtlsIdentityStatus,
 ) -> Result<(), Error> {
     let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
-    api.patch_status(&id.name_any(), &PatchParams::default(), &Patch::Merge(super::status_patch(old, status)))
-        .await
-        .map_err(Error::kube("writing identity status"))?;
+    let r = api
+        .patch_status(&id.name_any(), &PatchParams::default(), &Patch::Merge(super::status_patch(old, status)))
+        .await;
+    if r.is_err() {
+        // Not written after all: the next attempt must not be skipped as a repeat.
+        ctx.written_status.write().expect("status map lock poisoned").remove(&id.uid().unwrap_or_default());
+    }
+    r.map_err(Error::kube("writing identity status"))?;
     Ok(())
 }
 
@@ -538,7 +543,7 @@ async fn not_ready(
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", false, p.reason, p.message.clone(), id.metadata.generation, now)];
     new_status.observed_generation = id.metadata.generation;
-    if new_status != *status {
+    if new_status != *status && ctx.status_is_new(&id.uid().unwrap_or_default(), &new_status) {
         patch_status(ctx, id, status, &new_status).await?;
     }
     if is_new {

@@ -68,6 +68,9 @@ pub struct Context {
     /// The last problem reported per object (reason, message): a reconcile that starts from a
     /// cached object whose status lags behind must not report the same problem twice.
     pub reported: RwLock<HashMap<String, (String, String)>>,
+    /// Hash of the status last written per object (by uid): a reconcile that starts from a cached
+    /// object whose status lags behind our own write does not write the same status again.
+    pub written_status: RwLock<HashMap<String, u64>>,
     /// Per-authority limiters for re-issues (`spec.rotation.reissueRate`), by authority name.
     pub reissue_limiters: RwLock<HashMap<String, (u32, Arc<RateLimiter>)>>,
 }
@@ -95,6 +98,20 @@ impl Context {
         if changed {
             let _ = self.authority_changed.send(name.to_string());
         }
+    }
+
+    /// Whether `status` differs from what was last written for `uid` (and remembers it if so).
+    pub fn status_is_new<T: serde::Serialize>(&self, uid: &str, status: &T) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        serde_json::to_string(status).unwrap_or_default().hash(&mut h);
+        let digest = h.finish();
+        let mut w = self.written_status.write().expect("status map lock poisoned");
+        if w.get(uid) == Some(&digest) {
+            return false;
+        }
+        w.insert(uid.to_string(), digest);
+        true
     }
 
     /// The re-issue limiter of an authority, rebuilt when its rate changes.
