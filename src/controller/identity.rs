@@ -305,6 +305,26 @@ pub fn build_secret(
     }
 }
 
+/// Whether `want` differs from `have` only by a newer trust bundle (`ca.crt` and its version);
+/// a `ca.crt` edited behind our back (same version) is a repair, not a bundle update.
+fn only_bundle_changed(have: Option<&Secret>, want: &Secret) -> bool {
+    let Some(have) = have else { return false };
+    if have.annotations().get(ANN_BUNDLE_VERSION) == want.annotations().get(ANN_BUNDLE_VERSION) {
+        return false;
+    }
+    let strip = |s: &Secret| {
+        let mut s = s.clone();
+        if let Some(d) = s.data.as_mut() {
+            d.remove("ca.crt");
+        }
+        if let Some(a) = s.metadata.annotations.as_mut() {
+            a.remove(ANN_BUNDLE_VERSION);
+        }
+        s
+    };
+    !secret_differs(&strip(have), &strip(want))
+}
+
 /// Whether writing `want` over `have` would change anything.
 pub fn secret_differs(have: &Secret, want: &Secret) -> bool {
     have.type_ != want.type_
@@ -493,12 +513,14 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             let note = format!("{} certificate {}: {message}", kind.event_reason(), &current.facts.serial);
             ctx.event(&id.object_ref(&()), false, kind.event_reason(), note).await;
         }
-        None if secret_written => {
+        // A new trust bundle reaching the Secret is the authority's change (it emits
+        // BundlePublished once); anything else we had to put back is a repair worth an Event.
+        None if secret_written && !only_bundle_changed(existing.as_ref(), &desired_secret) => {
             ctx.event(
                 &id.object_ref(&()),
                 false,
                 "SecretRepaired",
-                format!("restored Secret {sname} (metadata or trust bundle)"),
+                format!("restored Secret {sname} (its data or metadata had been changed)"),
             )
             .await;
         }
