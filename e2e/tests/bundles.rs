@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
@@ -19,16 +19,9 @@ use crate::{
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn label_namespace(client: &Client, ns: &str, key: &str, value: Option<&str>) {
-    Api::<Namespace>::all(client.clone())
-        .patch(ns, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {key: value}}})))
-        .await
-        .unwrap();
-}
-
 async fn bundle_namespace(client: &Client, prefix: &str, auth: &str) -> TestNamespace {
     let ns = TestNamespace::new(client, prefix).await;
-    label_namespace(client, &ns.name, "mtls-e2e/bundle", Some(auth)).await;
+    harness::label_namespace(client, &ns.name, "mtls-e2e/bundle", Some(auth)).await;
     ns
 }
 
@@ -112,7 +105,7 @@ async fn bundle_reaches_selected_namespaces_follows_the_selector_and_is_repaired
     // A namespace that appears later gets it; one that stops matching loses it.
     let late = bundle_namespace(&client, "late", &auth.name).await;
     wait_configmap(&client, &late.name, &cm_name, 1).await;
-    label_namespace(&client, &namespaces[0].name, "mtls-e2e/bundle", None).await;
+    harness::label_namespace(&client, &namespaces[0].name, "mtls-e2e/bundle", None).await;
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &namespaces[0].name);
     let removed = harness::wait_for(WAIT, || {
         let (cms, n) = (cms.clone(), cm_name.clone());
@@ -186,7 +179,7 @@ async fn additional_cas_bump_the_version_and_every_configmap_and_secret_follows(
     let mut namespaces = vec![];
     for _ in 0..3 {
         let ns = TestNamespace::new(&client, "extra").await;
-        label_namespace(&client, &ns.name, "mtls-e2e/extra", Some(&name)).await;
+        harness::label_namespace(&client, &ns.name, "mtls-e2e/extra", Some(&name)).await;
         create_identity(&client, &ns.name, "app", &auth.name, serde_json::json!({})).await;
         namespaces.push(ns);
     }

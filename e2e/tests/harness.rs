@@ -215,6 +215,14 @@ pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// Sets (Some) or removes (None) one label of a namespace.
+pub async fn label_namespace(client: &Client, ns: &str, key: &str, value: Option<&str>) {
+    Api::<Namespace>::all(client.clone())
+        .patch(ns, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {key: value}}})))
+        .await
+        .unwrap();
+}
+
 pub fn kubectl(args: &[&str]) -> std::process::Output {
     Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig_path()).output().expect("kubectl is installed")
 }

@@ -850,26 +850,11 @@ async fn policy_prevents_impersonating_other_namespaces() {
 
     // namespaceSelector: a namespace without the label cannot use the authority.
     let outsider = TestNamespace::new(&client, "outsider").await;
-    let nsapi: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    nsapi
-        .patch(
-            &outsider.name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"mtls-e2e": null}}})),
-        )
-        .await
-        .unwrap();
+    harness::label_namespace(&client, &outsider.name, "mtls-e2e", None).await;
     create_identity(&client, &outsider.name, "x", &auth.name, serde_json::json!({})).await;
     wait_identity_reason(&client, &outsider.name, "x", "NamespaceNotAllowed").await;
     // Labelling the namespace lets it in.
-    nsapi
-        .patch(
-            &outsider.name,
-            &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"mtls-e2e": "true"}}})),
-        )
-        .await
-        .unwrap();
+    harness::label_namespace(&client, &outsider.name, "mtls-e2e", Some("true")).await;
     wait_identity_ready(&client, &outsider.name, "x").await;
 }
 

@@ -302,14 +302,7 @@ async fn scenario(prefix: &str, propagation: &str, kubelet_max: Duration, identi
     let mut namespaces = vec![];
     for _ in 0..3 {
         let ns = TestNamespace::new(&client, prefix).await;
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .patch(
-                &ns.name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"labels": {"mtls-e2e/rotation": name}}})),
-            )
-            .await
-            .unwrap();
+        harness::label_namespace(&client, &ns.name, "mtls-e2e/rotation", Some(&name)).await;
         namespaces.push(ns);
     }
     let mut workloads = vec![];
