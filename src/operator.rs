@@ -38,6 +38,9 @@ use crate::{
     ratelimit::RateLimiter,
 };
 
+/// How long in-flight reconciles may take to finish after SIGTERM.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(8);
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Namespace holding CA Secrets and bundle history (the operator's own).
@@ -362,7 +365,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             }
         }
     };
-    tokio::join!(authority_controller, identity_controller, readiness, leadership);
+    // Once asked to stop, in-flight reconciles get a few seconds to finish; then the process
+    // exits regardless (well inside the default 30 s termination grace period).
+    let controllers = async { tokio::join!(authority_controller, identity_controller, readiness, leadership) };
+    let deadline = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tracing::warn!("in-flight reconciles did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+        }
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = deadline => {}
+    }
     ready.store(false, Ordering::Relaxed);
     if let (Some(cfg), false) = (&leader, lost.load(Ordering::Relaxed)) {
         leader::release(&client, cfg).await;
