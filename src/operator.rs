@@ -382,9 +382,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     ready.store(false, Ordering::Relaxed);
     if let (Some(cfg), false) = (&leader, lost.load(Ordering::Relaxed)) {
-        leader::release(&client, cfg).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), leader::release(&client, cfg)).await;
     }
-    let _ = server.await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), server).await;
     if lost.load(Ordering::Relaxed) {
         anyhow::bail!("lost leadership of Lease {}/{}", config.namespace, config.leader_election.unwrap_or_default());
     }
