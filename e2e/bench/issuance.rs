@@ -589,6 +589,7 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
     let authorities: Api<MtlsAuthority> = Api::all(client.clone());
     let auth: MtlsAuthority =
         serde_json::from_value(serde_json::json!({"metadata": {"name": args.authority}, "spec": {}}))?;
+    let started = Instant::now();
     match authorities.create(&PostParams::default(), &auth).await {
         Ok(_) => {}
         Err(kube::Error::Api(e)) if e.code == 409 => {
@@ -596,7 +597,7 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
         }
         Err(e) => return Err(e).context("creating the MtlsAuthority"),
     }
-    let started = Instant::now();
+    let create_call = started.elapsed();
     wait_for(Duration::from_secs(60), || {
         let authorities = authorities.clone();
         async move {
@@ -606,7 +607,12 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
     })
     .await
     .ok_or_else(|| anyhow!("MtlsAuthority {} did not become Ready within 60 s", args.authority))?;
-    println!("authority {}: Ready after {}", args.authority, ms(started.elapsed()));
+    println!(
+        "authority {}: Ready {} after its create call (which took {})",
+        args.authority,
+        ms(started.elapsed() - create_call),
+        ms(create_call)
+    );
 
     // The namespaces, given a moment to reach the operator's namespace cache.
     let nsapi: Api<Namespace> = Api::all(client.clone());
@@ -728,12 +734,39 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = operator.metrics().await?;
     report(args, machine, &timings, &after.since(&before));
+    match write_timings(&timings, m) {
+        Ok(path) => println!("per-identity timings: {}", path.display()),
+        Err(e) => eprintln!("could not write the per-identity timings: {e}"),
+    }
     println!("CPU (run):        {cpu}");
     println!("API server requests during the run (not WATCH), busiest first:");
     for line in api {
         println!("  {line}");
     }
     Ok(())
+}
+
+/// Writes one CSV line per identity (milliseconds since the first create) for closer analysis.
+fn write_timings(timings: &[Timing], namespaces: usize) -> std::io::Result<PathBuf> {
+    let dir = repo_root().join("target/bench-logs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("timings-{}.csv", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")));
+    let t0 = timings.iter().filter_map(|t| t.create_start).min().unwrap_or_else(Instant::now);
+    let at = |t: Option<Instant>| t.map(|t| format!("{:.1}", (t - t0).as_secs_f64() * 1000.0)).unwrap_or_default();
+    let mut out = String::from("namespace,name,create_start_ms,create_done_ms,first_seen_ms,ready_ms\n");
+    for (i, t) in timings.iter().enumerate() {
+        out.push_str(&format!(
+            "{},{},{},{},{},{}\n",
+            namespace_name(i % namespaces),
+            identity_name(i),
+            at(t.create_start),
+            at(t.create_done),
+            at(t.first_seen),
+            at(t.ready)
+        ));
+    }
+    std::fs::write(&path, out)?;
+    Ok(path)
 }
 
 /// Counts the identities that are not Ready by their Ready reason.
@@ -801,6 +834,19 @@ fn report(args: &Args, machine: &Machine, timings: &[Timing], ops: &Metrics) {
     println!("latency:          {}   (create call -> first watch event with Ready=True)", distribution(latency));
     println!("  create -> seen: {}   (object first seen by the watch)", distribution(to_seen));
     println!("  seen -> Ready:  {}", distribution(seen_to_ready));
+    // Served in creation order? Median latency of each tenth of the identities, in creation order.
+    let mut by_start: Vec<&Timing> = timings.iter().collect();
+    by_start.sort_by_key(|t| t.create_start);
+    let tenth = n.div_ceil(10);
+    let deciles: Vec<String> = by_start
+        .chunks(tenth)
+        .map(|chunk| {
+            let mut l: Vec<Duration> = chunk.iter().map(|t| t.ready.unwrap() - t.create_start.unwrap()).collect();
+            l.sort();
+            format!("{:.1}", percentile(&l, 0.5).as_secs_f64())
+        })
+        .collect();
+    println!("  by creation order (median s per tenth, first to last): {}", deciles.join(" "));
     let issued = ops.total_issuances();
     let kinds: Vec<String> = ops.issuances.iter().map(|(k, v)| format!("{k} {v}")).collect();
     println!(
