@@ -231,44 +231,54 @@ pub fn openssl_mtls_handshake(server: &Path, client: &Path, server_name: &str) -
     }
 }
 
+/// One side of an in-memory mutual-TLS connection: its chain, key and the roots it trusts.
+pub struct Side {
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    pub key: rustls::pki_types::PrivateKeyDer<'static>,
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+pub fn roots_from_pem(pem_bytes: &[u8]) -> Arc<rustls::RootCertStore> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut r = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pem_bytes).flatten() {
+        let _ = r.add(c);
+    }
+    Arc::new(r)
+}
+
 /// A mutual-TLS handshake in memory with rustls + webpki (a stack independent of OpenSSL and of
-/// the operator's own certificate code): each side verifies the other against its `ca.crt`.
-/// Returns the SPIFFE URI of the client as seen by the server.
-pub fn rustls_mtls_handshake(server: &Secret, client: &Secret, server_name: &str) -> Result<String, String> {
+/// the operator's own certificate code): the server requires and verifies a client certificate
+/// against its roots, the client verifies the server's chain and `server_name` against its own.
+/// Returns the leaf each side saw: (client's, as seen by the server; server's, as seen by the client).
+pub fn mtls_in_memory(
+    server: &Side,
+    client: &Side,
+    server_name: &str,
+) -> Result<(rustls::pki_types::CertificateDer<'static>, rustls::pki_types::CertificateDer<'static>), String> {
     use rustls::{
-        ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
-        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+        ClientConfig, ClientConnection, ServerConfig, ServerConnection, pki_types::ServerName,
         server::WebPkiClientVerifier,
     };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let certs = |s: &Secret| {
-        CertificateDer::pem_slice_iter(data(s, "tls.crt").as_bytes()).collect::<Result<Vec<_>, _>>().unwrap()
-    };
-    let key = |s: &Secret| PrivateKeyDer::from_pem_slice(data(s, "tls.key").as_bytes()).unwrap();
-    let roots = |s: &Secret| {
-        let mut r = RootCertStore::empty();
-        for c in CertificateDer::pem_slice_iter(data(s, "ca.crt").as_bytes()) {
-            r.add(c.unwrap()).unwrap();
-        }
-        Arc::new(r)
-    };
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots(server), provider.clone())
+    let verifier = WebPkiClientVerifier::builder_with_provider(server.roots.clone(), provider.clone())
         .build()
         .map_err(|e| e.to_string())?;
     let scfg = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(certs(server), key(server))
+        .with_single_cert(server.chain.clone(), server.key.clone_key())
         .map_err(|e| e.to_string())?;
     let ccfg = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
-        .with_root_certificates(roots(client))
-        .with_client_auth_cert(certs(client), key(client))
+        .with_root_certificates(client.roots.clone())
+        .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
         .map_err(|e| e.to_string())?;
-    let mut sc = ServerConnection::new(Arc::new(scfg)).unwrap();
-    let mut cc = ClientConnection::new(Arc::new(ccfg), ServerName::try_from(server_name.to_string()).unwrap()).unwrap();
+    let mut sc = ServerConnection::new(Arc::new(scfg)).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+    let mut cc = ClientConnection::new(Arc::new(ccfg), name).map_err(|e| e.to_string())?;
     for _ in 0..10 {
         let mut buf = vec![];
         cc.write_tls(&mut buf).unwrap();
@@ -279,13 +289,31 @@ pub fn rustls_mtls_handshake(server: &Secret, client: &Secret, server_name: &str
         cc.read_tls(&mut &buf[..]).unwrap();
         cc.process_new_packets().map_err(|e| format!("client rejected the server: {e}"))?;
         if !cc.is_handshaking() && !sc.is_handshaking() {
-            let peer = sc.peer_certificates().ok_or("no client certificate")?[0].clone();
-            let facts = mtls_operator::pki::inspect_leaf(&mtls_operator::pki::der_to_pem(&peer), "")
-                .map_err(|e| e.to_string())?;
-            return Ok(facts.uris.first().cloned().unwrap_or_default());
+            let seen_client = sc.peer_certificates().ok_or("no client certificate")?[0].clone().into_owned();
+            let seen_server = cc.peer_certificates().ok_or("no server certificate")?[0].clone().into_owned();
+            return Ok((seen_client, seen_server));
         }
     }
     Err("handshake did not complete".into())
+}
+
+/// The SPIFFE URI(s) of a DER certificate, comma-separated.
+pub fn spiffe_of(cert: &rustls::pki_types::CertificateDer<'_>) -> String {
+    let pem_text = mtls_operator::pki::der_to_pem(cert);
+    mtls_operator::pki::inspect_leaf(&pem_text, "").map(|f| f.uris.join(",")).unwrap_or_default()
+}
+
+/// [`mtls_in_memory`] between two identity Secrets, each trusting its own `ca.crt`. Returns the
+/// SPIFFE URI of the client as seen by the server.
+pub fn rustls_mtls_handshake(server: &Secret, client: &Secret, server_name: &str) -> Result<String, String> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let side = |s: &Secret| Side {
+        chain: CertificateDer::pem_slice_iter(data(s, "tls.crt").as_bytes()).collect::<Result<Vec<_>, _>>().unwrap(),
+        key: PrivateKeyDer::from_pem_slice(data(s, "tls.key").as_bytes()).unwrap(),
+        roots: roots_from_pem(data(s, "ca.crt").as_bytes()),
+    };
+    let (seen_client, _) = mtls_in_memory(&side(server), &side(client), server_name)?;
+    Ok(spiffe_of(&seen_client).split(',').next().unwrap_or_default().to_string())
 }
 
 pub fn x509_text(dir: &Path) -> String {

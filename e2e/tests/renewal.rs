@@ -22,23 +22,29 @@ use crate::{
     },
 };
 
-/// Projects a Secret into `dir` the way kubelet does: a fresh timestamped directory, then an
-/// atomic swap of the `..data` symlink, with `tls.crt` etc. linking through it.
-pub fn project(dir: &Path, s: &Secret) {
+/// Writes `files` into `dir` the way kubelet does: a fresh directory, then an atomic swap of
+/// the `..data` symlink.
+pub fn project_files(dir: &Path, stamp: &str, files: &[(&str, Vec<u8>)]) {
     std::fs::create_dir_all(dir).unwrap();
-    let stamp = format!("..{}", s.resource_version().unwrap_or_default());
-    let target = dir.join(&stamp);
-    if target.exists() {
+    let target = dir.join(format!("..{stamp}"));
+    std::fs::create_dir_all(&target).unwrap();
+    for (k, v) in files {
+        std::fs::write(target.join(k), v).unwrap();
+    }
+    let tmp = dir.join(format!("..data_tmp{stamp}"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(format!("..{stamp}"), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+}
+
+/// Projects an identity Secret into `dir`, with `tls.crt` etc. linking through `..data`.
+pub fn project(dir: &Path, s: &Secret) {
+    let rv = s.resource_version().unwrap_or_default();
+    if dir.join(format!("..{rv}")).exists() {
         return;
     }
-    std::fs::create_dir_all(&target).unwrap();
-    for k in ["tls.crt", "tls.key", "ca.crt"] {
-        std::fs::write(target.join(k), data(s, k)).unwrap();
-    }
-    let tmp = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(&stamp, &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    let files = ["tls.crt", "tls.key", "ca.crt"].map(|k| (k, data(s, k).into_bytes()));
+    project_files(dir, &rv, &files);
     for k in ["tls.crt", "tls.key", "ca.crt"] {
         let link = dir.join(k);
         if std::fs::symlink_metadata(&link).is_err() {

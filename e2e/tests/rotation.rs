@@ -22,31 +22,16 @@ use kube::{
 };
 use mtls_operator::crd::MtlsAuthority;
 use rand::Rng;
-use rustls::{
-    ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
-    server::WebPkiClientVerifier,
-};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::{
     harness::{self, TestNamespace},
-    issuance::{TestAuthority, create_identity, wait_authority_ready, wait_identity_ready},
+    issuance::{
+        Side, TestAuthority, create_identity, mtls_in_memory, roots_from_pem, spiffe_of, wait_authority_ready,
+        wait_identity_ready,
+    },
+    renewal::project_files,
 };
-
-/// Writes `files` into `dir` the way kubelet does: a fresh directory, then an atomic swap of
-/// the `..data` symlink.
-fn project_files(dir: &Path, stamp: &str, files: &[(&str, Vec<u8>)]) {
-    std::fs::create_dir_all(dir).unwrap();
-    let target = dir.join(format!("..{stamp}"));
-    std::fs::create_dir_all(&target).unwrap();
-    for (k, v) in files {
-        std::fs::write(target.join(k), v).unwrap();
-    }
-    let tmp = dir.join(format!("..data_tmp{stamp}"));
-    let _ = std::fs::remove_file(&tmp);
-    std::os::unix::fs::symlink(format!("..{stamp}"), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-}
 
 /// Reads a consistent snapshot of a projected directory.
 fn read_projected(dir: &Path, key: &str) -> Option<Vec<u8>> {
@@ -159,83 +144,40 @@ struct Workload {
     server_name: String,
 }
 
-/// What one workload has on disk right now.
+/// What one workload has on disk right now: as a server it trusts its namespace's bundle
+/// ConfigMap, as a client its Secret's `ca.crt`.
 struct Files {
-    chain: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    /// Roots from the identity Secret's `ca.crt` (used as a client).
-    secret_roots: Arc<RootCertStore>,
-    /// Roots from the namespace's bundle ConfigMap (used as a server).
-    bundle_roots: Arc<RootCertStore>,
-}
-
-fn roots(pem_bytes: &[u8]) -> Arc<RootCertStore> {
-    let mut r = RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(pem_bytes).flatten() {
-        let _ = r.add(c);
-    }
-    Arc::new(r)
+    as_server: Side,
+    as_client: Side,
 }
 
 fn load(k: &Kubelet, w: &Workload) -> Option<Files> {
     let dir = k.secret_dir(&w.ns, &format!("{}-mtls", w.name));
     let target = dir.join(std::fs::read_link(dir.join("..data")).ok()?);
-    let chain = CertificateDer::pem_slice_iter(&std::fs::read(target.join("tls.crt")).ok()?)
-        .collect::<Result<Vec<_>, _>>()
-        .ok()?;
-    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(target.join("tls.key")).ok()?).ok()?;
-    let secret_roots = roots(&std::fs::read(target.join("ca.crt")).ok()?);
-    let bundle_roots = roots(&read_projected(&k.configmap_dir(&w.ns), "ca.crt")?);
-    Some(Files { chain, key, secret_roots, bundle_roots })
+    let crt = std::fs::read(target.join("tls.crt")).ok()?;
+    let key = std::fs::read(target.join("tls.key")).ok()?;
+    let side = |roots| -> Option<Side> {
+        Some(Side {
+            chain: CertificateDer::pem_slice_iter(&crt).collect::<Result<Vec<_>, _>>().ok()?,
+            key: PrivateKeyDer::from_pem_slice(&key).ok()?,
+            roots,
+        })
+    };
+    Some(Files {
+        as_server: side(roots_from_pem(&read_projected(&k.configmap_dir(&w.ns), "ca.crt")?))?,
+        as_client: side(roots_from_pem(&std::fs::read(target.join("ca.crt")).ok()?))?,
+    })
 }
 
-fn spiffe_of(cert: &CertificateDer<'_>) -> String {
-    let pem_text = mtls_operator::pki::der_to_pem(cert);
-    mtls_operator::pki::inspect_leaf(&pem_text, "").map(|f| f.uris.join(",")).unwrap_or_default()
-}
-
-/// One mutual-TLS handshake in memory: `server` verifies the client against its namespace's
-/// bundle ConfigMap, the client verifies the server against its Secret's `ca.crt`, and each
-/// checks the other's SPIFFE ID.
+/// One mutual-TLS handshake between two workloads, each checking the other's SPIFFE ID.
 fn handshake(server: &Files, client: &Files, s: &Workload, c: &Workload) -> Result<(), String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = WebPkiClientVerifier::builder_with_provider(server.bundle_roots.clone(), provider.clone())
-        .build()
-        .map_err(|e| e.to_string())?;
-    let scfg = ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(server.chain.clone(), server.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    let ccfg = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(client.secret_roots.clone())
-        .with_client_auth_cert(client.chain.clone(), client.key.clone_key())
-        .map_err(|e| e.to_string())?;
-    let mut sc = ServerConnection::new(Arc::new(scfg)).map_err(|e| e.to_string())?;
-    let mut cc = ClientConnection::new(Arc::new(ccfg), ServerName::try_from(s.server_name.clone()).unwrap())
-        .map_err(|e| e.to_string())?;
-    for _ in 0..10 {
-        let mut buf = vec![];
-        cc.write_tls(&mut buf).unwrap();
-        sc.read_tls(&mut &buf[..]).unwrap();
-        sc.process_new_packets().map_err(|e| format!("{} rejected {}: {e}", s.spiffe, c.spiffe))?;
-        let mut buf = vec![];
-        sc.write_tls(&mut buf).unwrap();
-        cc.read_tls(&mut &buf[..]).unwrap();
-        cc.process_new_packets().map_err(|e| format!("{} rejected {}: {e}", c.spiffe, s.spiffe))?;
-        if !cc.is_handshaking() && !sc.is_handshaking() {
-            let seen_client = spiffe_of(&sc.peer_certificates().ok_or("no client certificate")?[0]);
-            let seen_server = spiffe_of(&cc.peer_certificates().ok_or("no server certificate")?[0]);
-            if seen_client != c.spiffe || seen_server != s.spiffe {
-                return Err(format!("SPIFFE mismatch: {seen_client} / {seen_server}"));
-            }
-            return Ok(());
-        }
+    let (seen_client, seen_server) = mtls_in_memory(&server.as_server, &client.as_client, &s.server_name)
+        .map_err(|e| format!("{} <-> {}: {e}", s.spiffe, c.spiffe))?;
+    let (seen_client, seen_server) = (spiffe_of(&seen_client), spiffe_of(&seen_server));
+    if seen_client != c.spiffe || seen_server != s.spiffe {
+        return Err(format!("SPIFFE mismatch: {seen_client} / {seen_server}"));
     }
-    Err("handshake did not complete".into())
+    Ok(())
 }
 
 struct Traffic {
