@@ -8,11 +8,18 @@
 #   e2e/cluster.sh down    stop everything and delete the state
 #   e2e/cluster.sh status  exit 0 when the API server answers /readyz
 #   e2e/cluster.sh env     print `export KUBECONFIG=...`
-#   e2e/cluster.sh restart-apiserver|stop-apiserver|start-apiserver   (fault tests)
+#   e2e/cluster.sh stop-apiserver|start-apiserver   stop/start kube-apiserver and etcd (fault tests)
+#   e2e/cluster.sh stop-etcd|start-etcd             stop/start etcd alone (fault tests)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 dir=${MTLS_E2E_DIR:-$repo/target/e2e-cluster}
+# A running cluster remembers its ports, so fault tests can stop and start its parts knowing only
+# its directory.
+if [ "${1:-}" != up ] && [ -f "$dir/ports.env" ]; then
+  # shellcheck disable=SC1091
+  . "$dir/ports.env"
+fi
 etcd_port=${MTLS_E2E_ETCD_PORT:-23790}
 etcd_peer_port=$((etcd_port + 10))
 api_port=${MTLS_E2E_API_PORT:-16443}
@@ -143,6 +150,7 @@ up() {
     return 1
   fi
   mkdir -p "$dir"
+  printf 'MTLS_E2E_API_PORT=%s\nMTLS_E2E_ETCD_PORT=%s\n' "$api_port" "$etcd_port" > "$dir/ports.env"
   make_pki
   write_kubeconfig
   start_etcd
@@ -174,5 +182,7 @@ case "${1:-}" in
   env) echo "export KUBECONFIG=$dir/kubeconfig PATH=$("$here/build-k8s.sh"):\$PATH" ;;
   stop-apiserver) stop_one kube-apiserver; stop_one etcd ;;
   start-apiserver) bin=$("$here/build-k8s.sh"); start_etcd; start_apiserver; wait_ready 120 ;;
-  *) echo "usage: $0 up|down|status|env|stop-apiserver|start-apiserver" >&2; exit 2 ;;
+  stop-etcd) stop_one etcd ;;
+  start-etcd) bin=$("$here/build-k8s.sh"); start_etcd; wait_ready 120 ;;
+  *) echo "usage: $0 up|down|status|env|stop-apiserver|start-apiserver|stop-etcd|start-etcd" >&2; exit 2 ;;
 esac

@@ -29,6 +29,11 @@ impl Error {
         }
     }
 
+    /// Whether the API itself is failing (unreachable, 5xx), not this request.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Error::Kube { source, .. } if crate::apihealth::is_outage(source))
+    }
+
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube { source: kube::Error::Api(ae), .. } if ae.code == 409)
     }

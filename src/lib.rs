@@ -4,6 +4,7 @@
 //! Pure logic (durations, certificates, policy, schedules) lives in modules with no Kubernetes
 //! I/O; `controller` is the thin shell that reads, calls that core and writes.
 
+pub mod apihealth;
 pub mod bundle;
 pub mod controller;
 pub mod crd;

@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -30,6 +30,7 @@ use kube::{
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
+    apihealth::ApiHealth,
     controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish},
     crd::{MtlsAuthority, MtlsIdentity},
     http::{self, Health},
@@ -84,6 +85,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health { ready: ready.clone(), metrics: metrics.clone() };
+    let api_health = Arc::new(ApiHealth::new(ready.clone(), metrics.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = {
         let rx = stop_rx.clone();
@@ -97,6 +99,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = http::serve(config.listen, health, stopped()).await?;
 
     check_crds(&client).await?;
+
+    // Watches the API's own readiness; after an outage, everything that failed meanwhile is
+    // retried at once (one signal per controller).
+    let (recovered_ids_tx, recovered_ids) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let (recovered_auths_tx, recovered_auths) = tokio::sync::mpsc::unbounded_channel::<()>();
+    {
+        let (api_health, client, mut stop) = (api_health.clone(), client.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let recovered = move || {
+                let _ = recovered_ids_tx.send(());
+                let _ = recovered_auths_tx.send(());
+            };
+            tokio::select! {
+                _ = api_health.monitor(client, recovered) => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        });
+    }
 
     // SIGTERM/SIGINT (or, for test harnesses, stdin closing) stops everything gracefully.
     let stop_tx = Arc::new(stop_tx);
@@ -134,7 +154,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         leader::LeaderConfig::new(&config.namespace, lease, identity)
     });
     if let Some(cfg) = &leader {
-        ready.store(true, Ordering::Relaxed);
+        api_health.set_synced(true);
         let mut stop = stop_rx.clone();
         tokio::select! {
             _ = leader::acquire(&client, cfg) => {}
@@ -143,12 +163,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        ready.store(false, Ordering::Relaxed);
+        api_health.set_synced(false);
     }
 
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let ctx = Arc::new(Context {
         client: client.clone(),
+        api: api_health.clone(),
         namespace: config.namespace.clone(),
         recorder: Recorder::new(
             client.clone(),
@@ -183,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
     let ca_secrets = watcher(
@@ -190,18 +212,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects();
     let bundle_configmaps = reflector::reflector(
         cm_writer,
         watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector())),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects();
     let bundle_namespaces = reflector::reflector(
         bundle_ns_writer,
         watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
     // Sources of additionalCAs are plain ConfigMaps in the operator's namespace.
@@ -210,6 +235,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watcher::Config::default(),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects();
     let auth_lookup = auth_store.clone();
     let source_lookup = auth_store.clone();
@@ -254,6 +280,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .watches_stream(bundle_namespaces, move |_ns: PartialObjectMeta<Namespace>| {
             all_authorities.state().into_iter().map(|a| ObjectRef::from_obj(&*a)).collect::<Vec<_>>()
         })
+        .reconcile_on(failed_since_outage(recovered_auths, ctx.clone(), "authority/", |key| Some(ObjectRef::new(key))))
         .graceful_shutdown_on(stopped())
         .run(
             move |auth, ctx| {
@@ -270,7 +297,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
     let id_stream = urgent_first(reflector::reflector(
         id_writer,
-        watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default()).default_backoff(),
+        watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .inspect_err(suspect(&api_health)),
     ))
     .predicate_filter(predicates::generation, PredicateConfig::default());
     let owned_secrets = reflector::reflector(
@@ -281,6 +310,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects();
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = reflector::reflector(
@@ -288,6 +318,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff()
+    .inspect_err(suspect(&api_health))
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
     let by_namespace = id_store.clone();
@@ -314,6 +345,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .reconcile_on(authority_changes)
+        .reconcile_on(failed_since_outage(recovered_ids, ctx.clone(), "identity/", |key| {
+            key.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))
+        }))
         .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
         .graceful_shutdown_on(stopped())
         .run(
@@ -328,7 +362,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Ready once every cache has its first full list.
     let readiness = {
-        let (ready, metrics) = (ready.clone(), metrics.clone());
+        let api_health = api_health.clone();
         let (a, i, n) = (auth_store.clone(), id_store.clone(), ns_store.clone());
         let (s, c, b) = (secret_store.clone(), cm_store.clone(), bundle_ns_store.clone());
         async move {
@@ -339,8 +373,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 && c.wait_until_ready().await.is_ok()
                 && b.wait_until_ready().await.is_ok()
             {
-                ready.store(true, Ordering::Relaxed);
-                metrics.up.set(1);
+                api_health.set_synced(true);
                 tracing::info!("caches synced; ready");
             }
         }
@@ -380,7 +413,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         _ = controllers => {}
         _ = deadline => {}
     }
-    ready.store(false, Ordering::Relaxed);
+    api_health.set_synced(false);
     if let (Some(cfg), false) = (&leader, lost.load(Ordering::Relaxed)) {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), leader::release(&client, cfg)).await;
     }
@@ -390,6 +423,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reports a failed watch to the API health check (which then checks the API at once).
+fn suspect(health: &Arc<ApiHealth>) -> impl FnMut(&watcher::Error) + use<> {
+    let health = health.clone();
+    move |_| health.suspect("watch failed")
+}
+
+/// On each recovery signal, the objects (of the given key prefix) that have failed since their
+/// last success: they are retried now rather than after their backoff.
+fn failed_since_outage<K>(
+    signals: tokio::sync::mpsc::UnboundedReceiver<()>,
+    ctx: Arc<Context>,
+    prefix: &'static str,
+    parse: fn(&str) -> Option<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + use<K>
+where
+    K: kube::Resource<DynamicType = ()> + Send + Sync + 'static,
+{
+    UnboundedReceiverStream::new(signals).flat_map(move |()| {
+        let refs: Vec<ObjectRef<K>> = ctx
+            .failures
+            .read()
+            .expect("failure map lock poisoned")
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix).and_then(parse))
+            .collect();
+        futures::stream::iter(refs)
+    })
 }
 
 /// Like `applied_objects`, but hands over each initial list sorted by urgency (no certificate,

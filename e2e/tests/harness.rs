@@ -226,3 +226,66 @@ pub async fn label_namespace(client: &Client, ns: &str, key: &str, value: Option
 pub fn kubectl(args: &[&str]) -> std::process::Output {
     Command::new("kubectl").args(args).env("KUBECONFIG", kubeconfig_path()).output().expect("kubectl is installed")
 }
+
+/// An operator process a test starts, kills and restarts itself (crash, fault and leader tests).
+#[allow(dead_code)] // used by the separate test binaries, not by `e2e`
+/// Its output is appended to `log`; it also exits when the test process does (stdin closes).
+pub struct OperatorProcess {
+    pub child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+#[allow(dead_code)]
+impl OperatorProcess {
+    pub fn start(args: &[&str], log: &std::path::Path, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("operator log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
+            .arg("run")
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--exit-on-stdin-close"])
+            .env("KUBECONFIG", kubeconfig_path())
+            .env("RUST_LOG", "info,kube=warn")
+            .envs(env.iter().copied())
+            .stdin(Stdio::piped())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the operator binary");
+        OperatorProcess { child, url: format!("http://127.0.0.1:{port}"), log: log.to_path_buf() }
+    }
+
+    /// SIGKILL, and wait until the process is gone.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// The HTTP status of `/readyz` (None: no answer).
+    pub async fn readyz(&self) -> Option<u16> {
+        http_get(&format!("{}/readyz", self.url)).await.ok().map(|(code, _)| code)
+    }
+
+    /// Waits until `/readyz` answers `code`.
+    pub async fn wait_readyz(&self, code: u16, timeout: Duration) -> bool {
+        wait_for(timeout, || async { (self.readyz().await == Some(code)).then_some(()) }).await.is_some()
+    }
+
+    /// A sample's value from `/metrics`: `series` is the name with its labels, as exposed.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(&format!("{}/metrics", self.url)).await.ok()?;
+        body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.split(' ').next()?.parse().ok())
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

@@ -231,6 +231,16 @@ fn legacy_generation(status: &MtlsAuthorityStatus) -> Option<u32> {
 }
 
 pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Caches) -> Result<Action, Error> {
+    let key = format!("authority/{}", auth.name_any());
+    let result = reconcile_authority(auth, ctx.clone(), caches).await;
+    if result.is_ok() {
+        // Backoff counts consecutive failures only.
+        ctx.clear_failures(&key);
+    }
+    result
+}
+
+async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Caches) -> Result<Action, Error> {
     let name = auth.name_any();
     let now = Timestamp::now();
     let status = auth.status.clone().unwrap_or_default();
@@ -511,6 +521,9 @@ async fn write_status_with(
 pub fn error_policy(auth: Arc<MtlsAuthority>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("authority/{}", auth.name_any());
     let n = ctx.note_failure(&key);
+    if err.is_outage() {
+        ctx.api.suspect("authority reconcile");
+    }
     ctx.metrics.reconcile_error(err.reason());
     tracing::warn!(authority = %auth.name_any(), error = %err, failures = n, "authority reconcile failed");
     Action::requeue(super::retry_backoff(n, None))

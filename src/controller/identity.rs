@@ -579,6 +579,9 @@ async fn not_ready(
 pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Action {
     let key = key_of(&id);
     let n = ctx.note_failure(&key);
+    if err.is_outage() {
+        ctx.api.suspect("identity reconcile");
+    }
     ctx.metrics.reconcile_error(err.reason());
     ctx.metrics.identity_failed(&id.namespace().unwrap_or_default(), &id.name_any(), n, Timestamp::now().as_second());
     let remaining = id
@@ -592,7 +595,7 @@ pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Ac
     let delay = if err.is_conflict() { Duration::from_millis(200) } else { super::retry_backoff(n, remaining) };
     tracing::warn!(identity = %key, error = %err, failures = n, retry_in = ?delay, "identity reconcile failed");
     // Record the failure in status where the API lets us (it may be the API that is failing).
-    if !err.is_conflict() {
+    if !err.is_conflict() && ctx.api.is_reachable() {
         let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
         let patch =
             serde_json::json!({ "status": { "failureCount": n, "lastFailureTime": rfc3339(Timestamp::now()) } });

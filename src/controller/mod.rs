@@ -54,6 +54,8 @@ pub struct AuthorityState {
 
 pub struct Context {
     pub client: Client,
+    /// Readiness: synced caches and a reachable API.
+    pub api: Arc<crate::apihealth::ApiHealth>,
     /// The operator's namespace: CA Secrets live here.
     pub namespace: String,
     pub recorder: Recorder,
