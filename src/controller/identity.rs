@@ -503,7 +503,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         failure_count: None,
         last_failure_time: status.last_failure_time.clone(),
     };
-    if new_status != status && ctx.status_is_new(&id.uid().unwrap_or_default(), &new_status) {
+    if ctx.status_is_new(&id.uid().unwrap_or_default(), &status, &new_status) {
         patch_status(&ctx, &id, &status, &new_status).await?;
     }
     ctx.clear_failures(&key_of(&id));
@@ -565,7 +565,7 @@ async fn not_ready(
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", false, p.reason, p.message.clone(), id.metadata.generation, now)];
     new_status.observed_generation = id.metadata.generation;
-    if new_status != *status && ctx.status_is_new(&id.uid().unwrap_or_default(), &new_status) {
+    if ctx.status_is_new(&id.uid().unwrap_or_default(), status, &new_status) {
         patch_status(ctx, id, status, &new_status).await?;
     }
     if is_new {

@@ -102,15 +102,20 @@ impl Context {
         }
     }
 
-    /// Whether `status` differs from what was last written for `uid` (and remembers it if so).
-    pub fn status_is_new<T: serde::Serialize>(&self, uid: &str, status: &T) -> bool {
+    /// Whether `status` must be written for `uid` (and remembers it if so): it differs from what
+    /// this process last wrote or, before any write, from `cached`. The cache lags our own
+    /// writes, so after one it is no guide: a status equal to the stale cached one may still
+    /// differ from what is stored (e.g. Ready again after a NotReady just written).
+    pub fn status_is_new<T: serde::Serialize + PartialEq>(&self, uid: &str, cached: &T, status: &T) -> bool {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         serde_json::to_string(status).unwrap_or_default().hash(&mut h);
         let digest = h.finish();
         let mut w = self.written_status.write().expect("status map lock poisoned");
-        if w.get(uid) == Some(&digest) {
-            return false;
+        match w.get(uid) {
+            Some(d) if *d == digest => return false,
+            None if cached == status => return false,
+            _ => {}
         }
         w.insert(uid.to_string(), digest);
         true
