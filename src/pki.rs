@@ -212,9 +212,21 @@ pub fn generate_ca(
     Ok((cert.pem(), private_key_pem(&key)))
 }
 
+/// What is wrong with PEM text, in words that never quote it: the `pem` crate's own messages
+/// quote an offending line (or label) verbatim, and that line may be a private key pasted into
+/// a certificate field.
+fn pem_error_detail(e: &pem::PemError) -> String {
+    match e {
+        pem::PemError::InvalidHeader(_) => "a line inside a PEM block is not base64 (a stray blank line?)".into(),
+        pem::PemError::MismatchedTags(..) => "BEGIN and END labels differ".into(),
+        pem::PemError::InvalidData(_) => "the body of a PEM block is not valid base64".into(),
+        other => other.to_string(),
+    }
+}
+
 /// Splits PEM text into DER certificates, refusing anything that is not a clean PEM bundle.
 pub fn parse_pem_certs(what: &'static str, text: &str) -> Result<Vec<Vec<u8>>, PkiError> {
-    let blocks = pem::parse_many(text).map_err(|e| PkiError::BadPem { what, detail: e.to_string() })?;
+    let blocks = pem::parse_many(text).map_err(|e| PkiError::BadPem { what, detail: pem_error_detail(&e) })?;
     let certs: Vec<Vec<u8>> =
         blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| b.into_contents()).collect();
     if certs.is_empty() {
@@ -566,5 +578,26 @@ mod tests {
         let truncated = &good.cert_pem[..good.cert_pem.len() / 2];
         assert!(load_ca(truncated, good.key.expose(), None, now()).is_err());
         assert_eq!(load_ca(&good.cert_pem, "garbage", None, now()).unwrap_err(), PkiError::BadKey);
+    }
+
+    #[test]
+    fn errors_never_quote_a_key_pasted_into_a_certificate_field() {
+        let good = ca(KeyAlgorithm::EcdsaP256);
+        let key = good.key.expose();
+        let body: Vec<&str> = key.lines().filter(|l| !l.starts_with("-----")).collect();
+        // A stray blank line makes the lines before it look like PEM headers; a wrong END label.
+        let mut with_blank: Vec<&str> = key.lines().collect();
+        with_blank.insert(2, "");
+        let mismatched = key.replace("END PRIVATE KEY", &format!("END {}", body[0]));
+        for text in [with_blank.join("\n"), mismatched, key.replace(&body[0][10..20], "!!!!!!!!!!")] {
+            let e = load_ca(&text, key, None, now()).unwrap_err();
+            let msg = e.to_string();
+            assert!(matches!(e, PkiError::BadPem { .. }), "{msg}");
+            for line in &body {
+                for w in line.as_bytes().windows(16) {
+                    assert!(!msg.contains(std::str::from_utf8(w).unwrap()), "key material in {msg:?}");
+                }
+            }
+        }
     }
 }
