@@ -183,6 +183,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reported: RwLock::default(),
         reissue_limiters: RwLock::default(),
         written_status: RwLock::default(),
+        written_secrets: RwLock::default(),
     });
 
     // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,
@@ -203,6 +204,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         auth_writer,
         watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .applied_objects()
@@ -211,6 +213,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace),
         watcher::Config::default(),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects();
@@ -218,6 +221,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         cm_writer,
         watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector())),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects();
@@ -225,6 +229,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         bundle_ns_writer,
         watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects()
@@ -234,6 +239,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace),
         watcher::Config::default(),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects();
@@ -298,6 +304,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let id_stream = urgent_first(reflector::reflector(
         id_writer,
         watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
+            .modify(slim)
             .default_backoff()
             .inspect_err(suspect(&api_health)),
     ))
@@ -309,6 +316,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             watcher::Config::default().labels(&managed_selector()),
         ),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects();
@@ -317,6 +325,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ns_writer,
         watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
     )
+    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects()
@@ -334,7 +343,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_store.clone() });
     let identity_controller = Controller::for_stream(id_stream, id_store.clone())
-        .owns_stream(owned_secrets)
+        // Our own Secrets wake their identity, except for the echo of the operator's own write.
+        .watches_stream(owned_secrets, {
+            let ctx = ctx.clone();
+            move |s: PartialObjectMeta<Secret>| {
+                let ns = s.namespace().unwrap_or_default();
+                if ctx.is_own_write(&ns, &s.name_any(), s.resource_version().as_deref()) {
+                    return None;
+                }
+                let owner =
+                    s.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "MtlsIdentity")?;
+                Some(ObjectRef::<MtlsIdentity>::new(&owner.name).within(&ns))
+            }
+        })
         .watches_stream(namespaces, move |ns: PartialObjectMeta<Namespace>| {
             let ns = ns.name_any();
             by_namespace
@@ -423,6 +444,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Drops what the operator never reads from cached objects: managed fields and kubectl's
+/// last-applied copy can be most of an object's size.
+fn slim<K: kube::Resource>(obj: &mut K) {
+    obj.managed_fields_mut().clear();
+    if let Some(a) = obj.meta_mut().annotations.as_mut() {
+        a.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// Reports a failed watch to the API health check (which then checks the API at once).

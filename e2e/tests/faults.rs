@@ -150,7 +150,8 @@ impl Setup {
             .map_err(|e| e.to_string())?;
         let mut cas: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         for s in ca_secrets.items.iter().filter(|s| s.labels().contains_key("mtls.io/ca-generation")) {
-            let der = first_cert(&data(s, "tls.crt")).ok_or(format!("CA Secret {} holds no certificate", s.name_any()))?;
+            let der =
+                first_cert(&data(s, "tls.crt")).ok_or(format!("CA Secret {} holds no certificate", s.name_any()))?;
             if cas.values().any(|d| *d == der) {
                 return Err(format!("CA Secret {} duplicates another generation's CA", s.name_any()));
             }
@@ -164,7 +165,9 @@ impl Setup {
 
         // Bundle history: unique versions, no more than kept.
         let history = Api::<ConfigMap>::namespaced(c.clone(), OPERATOR_NAMESPACE)
-            .list(&ListParams::default().labels(&format!("mtls.io/authority={},mtls.io/bundle-history", self.authority)))
+            .list(
+                &ListParams::default().labels(&format!("mtls.io/authority={},mtls.io/bundle-history", self.authority)),
+            )
             .await
             .map_err(|e| e.to_string())?;
         if history.items.len() > mtls_operator::controller::publish::HISTORY_KEPT {
@@ -185,13 +188,20 @@ impl Setup {
             if certs(bundle.as_bytes()) != vec![active.clone()] {
                 return Err(format!("{ns}: bundle does not hold exactly the active CA (generation {generation})"));
             }
-            let ids = Api::<MtlsIdentity>::namespaced(c.clone(), ns).list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            let ids = Api::<MtlsIdentity>::namespaced(c.clone(), ns)
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
             let secrets = Api::<Secret>::namespaced(c.clone(), ns)
                 .list(&ListParams::default().labels("app.kubernetes.io/managed-by=mtls-operator"))
                 .await
                 .map_err(|e| e.to_string())?;
             if secrets.items.len() != ids.items.len() {
-                return Err(format!("{ns}: {} managed Secrets for {} identities", secrets.items.len(), ids.items.len()));
+                return Err(format!(
+                    "{ns}: {} managed Secrets for {} identities",
+                    secrets.items.len(),
+                    ids.items.len()
+                ));
             }
             for id in &ids.items {
                 let name = id.name_any();
@@ -372,10 +382,7 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
     // The API server and etcd go away while 100 more identities are being issued.
     s.create_identities(100, 200).await;
     cluster("stop-apiserver");
-    assert!(
-        op.wait_readyz(503, Duration::from_secs(30)).await,
-        "the operator reports not-ready while the API is down"
-    );
+    assert!(op.wait_readyz(503, Duration::from_secs(30)).await, "the operator reports not-ready while the API is down");
     assert_eq!(op.metric("mtls_operator_up").await, Some(0.0));
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(op.alive(), "the operator keeps running while the API is down");
@@ -434,7 +441,8 @@ async fn update_conflicts_are_retried_until_the_secret_is_right() {
                         let damage = serde_json::json!({"data": {"ca.crt": "dGFtcGVyZWQ="}});
                         let _ = secrets.patch(&name, &PatchParams::default(), &Patch::Merge(damage)).await;
                         for k in 0..4 {
-                            let label = serde_json::json!({"metadata": {"labels": {"e2e/touch": format!("{touch}-{k}")}}});
+                            let label =
+                                serde_json::json!({"metadata": {"labels": {"e2e/touch": format!("{touch}-{k}")}}});
                             let _ = secrets.patch(&name, &PatchParams::default(), &Patch::Merge(label)).await;
                         }
                     }

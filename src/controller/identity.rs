@@ -455,7 +455,10 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
     let secret_written = match &existing {
         None => match secrets.create(&pp, &desired_secret).await {
-            Ok(_) => true,
+            Ok(written) => {
+                ctx.wrote_secret(&ns, &sname, written.resource_version());
+                true
+            }
             Err(kube::Error::Api(ae)) if ae.code == 409 => {
                 let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
                 if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
@@ -468,7 +471,9 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             Err(e) => return Err(Error::kube("creating identity Secret")(e)),
         },
         Some(have) if secret_differs(have, &desired_secret) => {
-            secrets.replace(&sname, &pp, &desired_secret).await.map_err(Error::kube("updating identity Secret"))?;
+            let written =
+                secrets.replace(&sname, &pp, &desired_secret).await.map_err(Error::kube("updating identity Secret"))?;
+            ctx.wrote_secret(&ns, &sname, written.resource_version());
             true
         }
         Some(_) => false,

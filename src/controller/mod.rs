@@ -73,6 +73,9 @@ pub struct Context {
     /// Hash of the status last written per object (by uid): a reconcile that starts from a cached
     /// object whose status lags behind our own write does not write the same status again.
     pub written_status: RwLock<HashMap<String, u64>>,
+    /// resourceVersion of the identity Secrets this process last wrote, by `namespace/name`: the
+    /// watch event echoing our own write does not need another reconcile (and its read).
+    pub written_secrets: RwLock<HashMap<String, String>>,
     /// Per-authority limiters for re-issues (`spec.rotation.reissueRate`), by authority name.
     pub reissue_limiters: RwLock<HashMap<String, (u32, Arc<RateLimiter>)>>,
 }
@@ -134,6 +137,20 @@ impl Context {
             .expect("limiter map lock poisoned")
             .insert(authority.to_string(), (rate, l.clone()));
         l
+    }
+
+    pub fn wrote_secret(&self, ns: &str, name: &str, resource_version: Option<String>) {
+        let mut w = self.written_secrets.write().expect("secret map lock poisoned");
+        match resource_version {
+            Some(rv) => w.insert(format!("{ns}/{name}"), rv),
+            None => w.remove(&format!("{ns}/{name}")),
+        };
+    }
+
+    /// Whether this Secret version is the one this process wrote last.
+    pub fn is_own_write(&self, ns: &str, name: &str, resource_version: Option<&str>) -> bool {
+        let w = self.written_secrets.read().expect("secret map lock poisoned");
+        resource_version.is_some() && w.get(&format!("{ns}/{name}")).map(String::as_str) == resource_version
     }
 
     /// Records one more failure for `key`; returns the consecutive count.
