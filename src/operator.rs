@@ -301,13 +301,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
     // labels (for policy), and changes of their authority (signer, bundle, policy).
     let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
-    let id_stream = urgent_first(reflector::reflector(
-        id_writer,
-        watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
-            .modify(slim)
-            .default_backoff()
-            .inspect_err(suspect(&api_health)),
-    ))
+    let id_stream = urgent_first(
+        ctx.clone(),
+        reflector::reflector(
+            id_writer,
+            watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
+                .modify(slim)
+                .default_backoff()
+                .inspect_err(suspect(&api_health)),
+        ),
+    )
     .predicate_filter(predicates::generation, PredicateConfig::default());
     let owned_secrets = reflector::reflector(
         secret_writer,
@@ -486,11 +489,13 @@ where
 
 /// Like `applied_objects`, but hands over each initial list sorted by urgency (no certificate,
 /// expired, soonest to expire), so that after downtime the most urgent renewals happen first.
+/// Deleted identities are forgotten (metric series, bookkeeping).
 fn urgent_first(
+    ctx: Arc<Context>,
     events: impl futures::Stream<Item = Result<watcher::Event<MtlsIdentity>, watcher::Error>>,
 ) -> impl futures::Stream<Item = Result<MtlsIdentity, watcher::Error>> {
     events
-        .scan(Vec::new(), |initial: &mut Vec<MtlsIdentity>, event| {
+        .scan(Vec::new(), move |initial: &mut Vec<MtlsIdentity>, event| {
             let out: Vec<Result<MtlsIdentity, watcher::Error>> = match event {
                 Ok(watcher::Event::Init) => {
                     initial.clear();
@@ -513,7 +518,10 @@ fn urgent_first(
                     ids.into_iter().map(Ok).collect()
                 }
                 Ok(watcher::Event::Apply(id)) => vec![Ok(id)],
-                Ok(watcher::Event::Delete(_)) => vec![],
+                Ok(watcher::Event::Delete(id)) => {
+                    ctx.forget_identity(&id);
+                    vec![]
+                }
                 Err(e) => vec![Err(e)],
             };
             future::ready(Some(futures::stream::iter(out)))

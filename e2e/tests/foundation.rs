@@ -225,4 +225,17 @@ async fn metrics_report_each_identitys_expiry() {
     ] {
         assert!(body.contains(needle), "{needle} missing");
     }
+
+    // A deleted identity's series go away with it.
+    Api::<mtls_operator::crd::MtlsIdentity>::namespaced(client.clone(), &ns.name)
+        .delete("app", &Default::default())
+        .await
+        .unwrap();
+    let series = format!("namespace=\"{}\"", ns.name);
+    harness::wait_for(std::time::Duration::from_secs(30), || async {
+        let (_, body) = harness::http_get(&format!("{}/metrics", op.metrics_url)).await.ok()?;
+        (!body.lines().any(|l| l.starts_with("mtls_operator_identity_") && l.contains(&series))).then_some(())
+    })
+    .await
+    .expect("the deleted identity's metric series are removed");
 }

@@ -153,6 +153,18 @@ impl Context {
         resource_version.is_some() && w.get(&format!("{ns}/{name}")).map(String::as_str) == resource_version
     }
 
+    /// Drops everything kept about a deleted identity: its metric series and bookkeeping.
+    pub fn forget_identity(&self, id: &crate::crd::MtlsIdentity) {
+        use kube::ResourceExt;
+        let (ns, name) = (id.namespace().unwrap_or_default(), id.name_any());
+        self.metrics.forget_identity(&ns, &name);
+        self.wrote_secret(&ns, &identity::secret_name(id), None);
+        self.written_status.write().expect("status map lock poisoned").remove(&id.uid().unwrap_or_default());
+        let key = format!("identity/{ns}/{name}");
+        self.failures.write().expect("failure map lock poisoned").remove(&key);
+        self.reported.write().expect("report map lock poisoned").remove(&key);
+    }
+
     /// Records one more failure for `key`; returns the consecutive count.
     pub fn note_failure(&self, key: &str) -> u32 {
         let mut f = self.failures.write().expect("failure map lock poisoned");
