@@ -7,7 +7,7 @@
 mod harness;
 
 use std::{
-    process::{Child, Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -18,33 +18,20 @@ use kube::{
 };
 
 struct Replica {
-    child: Child,
-    url: String,
+    process: harness::OperatorProcess,
     identity: String,
 }
 
 fn start(namespace: &str, lease: &str, tag: &str) -> Replica {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let dir = harness::kubeconfig_path().parent().unwrap().to_path_buf();
-    let log = std::fs::File::create(dir.join(format!("operator-leader-{tag}-{port}.log"))).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
-        .args(["run", "--namespace", namespace, "--leader-elect", "--lease-name", lease])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--exit-on-stdin-close"])
-        .env("KUBECONFIG", harness::kubeconfig_path())
-        .env("POD_NAME", format!("replica-{tag}"))
-        .stdin(Stdio::piped())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    Replica { child, url: format!("http://127.0.0.1:{port}"), identity: format!("replica-{tag}") }
+    let log = dir.join(format!("operator-leader-{namespace}-{tag}.log"));
+    let identity = format!("replica-{tag}");
+    let args = ["--namespace", namespace, "--leader-elect", "--lease-name", lease];
+    Replica { process: harness::OperatorProcess::start(&args, &log, &[("POD_NAME", &identity)]), identity }
 }
 
 async fn reconciles(r: &Replica) -> Option<f64> {
-    let (_, body) = harness::http_get(&format!("{}/metrics", r.url)).await.ok()?;
-    body.lines()
-        .find(|l| l.starts_with("mtls_operator_reconciles_total "))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    r.process.metric("mtls_operator_reconciles_total").await
 }
 
 async fn holder(api: &Api<Lease>, lease: &str) -> Option<String> {
@@ -74,13 +61,7 @@ async fn one_leader_writes_and_a_standby_takes_over() {
     let mut b = start(&ns, "mtls-operator", "b");
     // Both are ready (the standby is a healthy standby); only the leader reconciles.
     for r in [&a, &b] {
-        let url = format!("{}/readyz", r.url);
-        harness::wait_for(Duration::from_secs(30), || {
-            let url = url.clone();
-            async move { harness::http_get(&url).await.ok().filter(|(c, _)| *c == 200).map(|_| ()) }
-        })
-        .await
-        .expect("replica ready");
+        assert!(r.process.wait_readyz(200, Duration::from_secs(30)).await, "replica ready");
     }
     harness::wait_for(Duration::from_secs(30), || async { reconciles(&a).await.filter(|n| *n > 0.0) })
         .await
@@ -90,8 +71,7 @@ async fn one_leader_writes_and_a_standby_takes_over() {
     assert_eq!(holder(&leases, "mtls-operator").await.as_deref(), Some(a.identity.as_str()));
 
     // Kill the leader outright: the standby takes over within the lease duration (15 s).
-    a.child.kill().unwrap();
-    let _ = a.child.wait();
+    a.process.kill9();
     let killed = Instant::now();
     harness::wait_for(Duration::from_secs(30), || async {
         (holder(&leases, "mtls-operator").await.as_deref() == Some(b.identity.as_str())).then_some(())
@@ -106,10 +86,10 @@ async fn one_leader_writes_and_a_standby_takes_over() {
         .expect("new leader reconciles");
 
     // SIGTERM: a graceful exit that releases the Lease at once.
-    let status = Command::new("kill").args(["-TERM", &b.child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill").args(["-TERM", &b.process.child.id().to_string()]).status().unwrap();
     assert!(status.success());
     let exited = harness::wait_for(Duration::from_secs(15), || {
-        let done = b.child.try_wait().unwrap();
+        let done = b.process.child.try_wait().unwrap();
         async move { done }
     })
     .await
