@@ -16,8 +16,14 @@ pub const GROUP: &str = "mtls.io";
 const DURATION_PATTERN: &str = r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$";
 /// RFC 1123 DNS label (a Service or ServiceAccount name).
 const DNS_LABEL_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-/// RFC 1123 subdomain, lower case, no wildcards.
+/// RFC 1123 subdomain, lower case, no wildcards (a Kubernetes object name).
 const DNS_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+/// A host name for a certificate: lower-case RFC 1123 labels of at most 63 characters, no wildcards.
+const HOST_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// An entry of `policy.allowedDnsNames`: a host name, or `*.` and a host name.
+const ALLOWED_DNS_PATTERN: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*$";
+/// The longest Go duration (an int64 of nanoseconds), in the unit users write.
+const MAX_DURATION_HINT: &str = "at most 2562047h";
 
 /// Key algorithm of a generated private key.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
@@ -93,7 +99,8 @@ pub enum Usage {
 pub struct MtlsAuthoritySpec {
     /// SPIFFE trust domain: identities get `spiffe://<trustDomain>/ns/<namespace>/sa/<serviceAccount>`.
     #[serde(default = "default_cluster_local")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_NAME_PATTERN))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOST_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new(format!("self.matches(r'{HOST_NAME_PATTERN}')")).message("trustDomain must be a lower-case DNS name such as cluster.local: no scheme, path, port or wildcard"))]
     pub trust_domain: String,
 
     /// Cluster DNS domain used to expand `serviceNames` (`<svc>.<ns>.svc.<clusterDomain>`).
@@ -153,7 +160,7 @@ pub struct GenerateCa {
     /// Lifetime of each CA generation (Go duration, e.g. `8760h`).
     #[serde(default = "default_ca_lifetime")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message("ca.generate.lifetime must be at least 1h"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1h')").message(format!("ca.generate.lifetime must be a Go duration of at least 1h and {MAX_DURATION_HINT}, such as 8760h").as_str()))]
     pub lifetime: String,
     /// Subject of the CA certificate.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -198,20 +205,23 @@ pub struct LeafPolicy {
     /// Lifetime of a leaf whose identity does not set `duration`.
     #[serde(default = "default_leaf_duration")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("leaf.defaultDuration must be a positive Go duration, {MAX_DURATION_HINT}, such as 24h").as_str()))]
     pub default_duration: String,
     /// Shortest `duration` an identity may ask for.
     #[serde(default = "default_leaf_min")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("leaf.minDuration must be at least 1m"))]
+    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message(format!("leaf.minDuration must be a Go duration of at least 1m and {MAX_DURATION_HINT}, such as 10m").as_str()))]
     pub min_duration: String,
     /// Longest `duration` an identity may ask for.
     #[serde(default = "default_leaf_max")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("leaf.maxDuration must be a positive Go duration, {MAX_DURATION_HINT}, such as 720h").as_str()))]
     pub max_duration: String,
     /// How long before expiry a leaf is renewed when its identity does not set `renewBefore`.
     /// Unset means one third of the leaf's duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("leaf.defaultRenewBefore must be a positive Go duration, {MAX_DURATION_HINT}, such as 8h").as_str()))]
     pub default_renew_before: Option<String>,
 }
 
@@ -238,11 +248,13 @@ pub struct IssuancePolicy {
     /// Extra DNS names identities may put in `dnsNames`: exact names, or `*.example.com` to allow
     /// any name under `example.com` (the certificate still carries the exact name, never a wildcard).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253)))]
+    #[x_kube(validation = Rule::new(format!("self.all(p, p.matches(r'{ALLOWED_DNS_PATTERN}'))")).message("policy.allowedDnsNames entries must be lower-case DNS names such as api.example.com, or *.example.com for every name under example.com"))]
     pub allowed_dns_names: Vec<String>,
     /// CIDR ranges identities may claim in `ipAddresses`. Empty means no IP SANs are allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 49)))]
+    #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))").message("policy.allowedIpRanges entries must be CIDR ranges such as 10.0.0.0/8 or fd00::/64"))]
     pub allowed_ip_ranges: Vec<String>,
 }
 
@@ -304,11 +316,13 @@ pub struct RotationSpec {
     /// Each rotation phase that changes what workloads trust waits this long.
     #[serde(default = "default_propagation_delay")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("rotation.propagationDelay must be a positive Go duration, {MAX_DURATION_HINT}, such as 3m").as_str()))]
     pub propagation_delay: String,
     /// Start a rotation automatically when the active CA has less than this left.
     /// Unset means one third of the CA lifetime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("rotation.autoRotateBefore must be a positive Go duration, {MAX_DURATION_HINT}, such as 720h").as_str()))]
     pub auto_rotate_before: Option<String>,
     /// Maximum leaf re-issues per second during the `Reissuing` phase.
     #[serde(default = "default_reissue_rate")]
@@ -485,6 +499,7 @@ pub struct MtlsIdentitySpec {
     /// object's name. The namespace part is always the identity's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_NAME_PATTERN))]
+    #[x_kube(validation = Rule::new(format!("self.matches(r'{DNS_NAME_PATTERN}')")).message("serviceAccountName must be the name of a ServiceAccount in this namespace, such as web (the namespace is always the identity's own)"))]
     pub service_account_name: Option<String>,
 
     /// Name of the `MtlsAuthority` that issues this identity.
@@ -501,17 +516,20 @@ pub struct MtlsIdentitySpec {
     /// `svc.<ns>`, `svc.<ns>.svc` and `svc.<ns>.svc.<clusterDomain>`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32), inner(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN)))]
+    #[x_kube(validation = Rule::new(format!("self.all(s, s.matches(r'{DNS_LABEL_PATTERN}'))")).message("serviceNames are Services of this namespace, each one DNS label such as web; for a Service in another namespace, create the MtlsIdentity in that namespace"))]
     pub service_names: Vec<String>,
 
     /// Other DNS names, allowed only when the authority's policy lists them. Lower-case, no wildcards.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = DNS_NAME_PATTERN)))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), regex(pattern = HOST_NAME_PATTERN)))]
+    #[x_kube(validation = Rule::new("self.all(n, !n.contains('*'))").message("dnsNames must not contain wildcards: list each exact name (an authority's policy.allowedDnsNames can allow a whole domain)"))]
+    #[x_kube(validation = Rule::new(format!("self.all(n, n.matches(r'{HOST_NAME_PATTERN}'))")).message("dnsNames must be lower-case DNS names such as api.example.com: letters, digits and '-', labels of at most 63 characters, no trailing dot"))]
     pub dns_names: Vec<String>,
 
     /// IP address SANs, allowed only inside the authority's `policy.allowedIpRanges`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 2, max = 45)))]
-    #[x_kube(validation = Rule::new("self.all(ip, isIP(ip))").message("ipAddresses must be IPv4 or IPv6 addresses"))]
+    #[x_kube(validation = Rule::new("self.all(ip, isIP(ip))").message("ipAddresses must be IPv4 or IPv6 addresses such as 10.0.0.7 or fd00::7: single addresses, not ranges, host names or zones"))]
     pub ip_addresses: Vec<String>,
 
     /// Extended key usages.
@@ -524,14 +542,14 @@ pub struct MtlsIdentitySpec {
     /// `leaf.minDuration`..`leaf.maxDuration`. Defaults to the authority's `leaf.defaultDuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("duration must be positive"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("duration must be a positive Go duration such as 90m or 24h (units ns, us, ms, s, m, h; {MAX_DURATION_HINT})").as_str()))]
     pub duration: Option<String>,
 
     /// Renew this long before expiry (Go duration). Defaults to the authority's
     /// `leaf.defaultRenewBefore`, or one third of the duration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64), regex(pattern = DURATION_PATTERN))]
-    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("renewBefore must be positive"))]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message(format!("renewBefore must be a positive Go duration such as 30m or 8h (units ns, us, ms, s, m, h; {MAX_DURATION_HINT})").as_str()))]
     pub renew_before: Option<String>,
 
     /// The private key.

@@ -29,7 +29,11 @@ pub enum PolicyError {
     IpNotAllowed { ip: String },
     #[error("{0:?} is not a valid IP address")]
     BadIp(String),
-    #[error("invalid label selector in {field}: {detail}")]
+    #[error("{field} {value:?} is not valid: {expected}")]
+    BadName { field: &'static str, value: String, expected: &'static str },
+    #[error(
+        "invalid label selector in {field}: {detail} (matchExpressions operators are In and NotIn, with values, and Exists and DoesNotExist)"
+    )]
     BadSelector { field: &'static str, detail: String },
 }
 
@@ -47,12 +51,37 @@ pub fn service_dns_names(service: &str, namespace: &str, cluster_domain: &str) -
     ]
 }
 
-fn is_dns_label(s: &str) -> bool {
+fn is_label(s: &str, max: usize) -> bool {
     !s.is_empty()
-        && s.len() <= 63
+        && s.len() <= max
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
+}
+
+/// An RFC 1123 label: a Service name.
+pub fn is_dns_label(s: &str) -> bool {
+    is_label(s, 63)
+}
+
+/// A host name a certificate may carry: lower-case RFC 1123 labels of at most 63 characters, at
+/// most 253 characters in all, no wildcard, no trailing dot.
+pub fn is_dns_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): a ServiceAccount name. It never contains `/`,
+/// so it cannot add segments to a SPIFFE ID path.
+pub fn is_object_name(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(|l| is_label(l, 253))
+}
+
+/// Checks the label selectors of an authority, which the API server cannot fully check.
+pub fn check_selectors(authority: &MtlsAuthoritySpec) -> Result<(), PolicyError> {
+    let empty = BTreeMap::new();
+    selector_matches("policy.namespaceSelector", authority.policy.namespace_selector.as_ref(), &empty)?;
+    selector_matches("trustBundle.namespaceSelector", authority.trust_bundle.namespace_selector.as_ref(), &empty)?;
+    Ok(())
 }
 
 /// Whether `name` is one of the four in-namespace Service forms.
@@ -117,13 +146,29 @@ pub fn resolve(
             dns_names.push(n);
         }
     };
+    // The API server checks every name below at admission; they are checked again here because
+    // nothing else stands between a malformed name and a certificate (an older CRD, a bypass).
     for svc in &spec.service_names {
+        if !is_dns_label(svc) {
+            return Err(PolicyError::BadName {
+                field: "spec.serviceNames",
+                value: svc.clone(),
+                expected: "a Service of this namespace, one lower-case DNS label such as web",
+            });
+        }
         for n in service_dns_names(svc, namespace, cd) {
             push(n);
         }
     }
     for n in &spec.dns_names {
         let n = n.to_ascii_lowercase();
+        if !is_dns_name(&n) {
+            return Err(PolicyError::BadName {
+                field: "spec.dnsNames",
+                value: n,
+                expected: "a DNS name such as api.example.com: labels of at most 63 characters, no wildcards",
+            });
+        }
         let allowed = is_own_service_name(&n, namespace, cd)
             || authority.policy.allowed_dns_names.iter().any(|p| allowed_by_pattern(&n, p));
         if !allowed {
@@ -152,6 +197,13 @@ pub fn resolve(
         }
     }
     let sa = spec.service_account_name.clone().unwrap_or_else(|| name.to_string());
+    if !is_object_name(&sa) {
+        return Err(PolicyError::BadName {
+            field: "spec.serviceAccountName",
+            value: sa,
+            expected: "the name of a ServiceAccount in this namespace, such as web",
+        });
+    }
     Ok(Subject {
         spiffe_id: spiffe_id(&authority.trust_domain, namespace, &sa),
         service_account: sa,
@@ -262,6 +314,45 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn malformed_names_are_refused_even_past_admission() {
+        let mut a = authority();
+        a.policy.allowed_dns_names = vec!["*.corp.example".into()];
+        let bad = [
+            // A wildcard the `*.corp.example` pattern would otherwise match.
+            serde_json::json!({"dnsNames": ["*.corp.example"]}),
+            serde_json::json!({"dnsNames": [format!("{}.corp.example", "a".repeat(64))]}),
+            serde_json::json!({"dnsNames": ["a..corp.example"]}),
+            serde_json::json!({"dnsNames": ["api.corp.example."]}),
+            serde_json::json!({"dnsNames": [""]}),
+            // Another namespace's Service, smuggled in as a service name.
+            serde_json::json!({"serviceNames": ["payments.other"]}),
+            serde_json::json!({"serviceNames": [""]}),
+            // Extra SPIFFE path segments.
+            serde_json::json!({"serviceAccountName": "x/ns/kube-system/sa/admin"}),
+            serde_json::json!({"serviceAccountName": ""}),
+        ];
+        for spec in bad {
+            let r = resolve("default", &a, "shop", &BTreeMap::new(), "web", &identity(spec.clone()));
+            assert!(matches!(r, Err(PolicyError::BadName { .. })), "{spec} must be refused, got {r:?}");
+        }
+        let ok = identity(serde_json::json!({"dnsNames": ["api.corp.example"], "serviceAccountName": "a.b"}));
+        resolve("default", &a, "shop", &BTreeMap::new(), "web", &ok).unwrap();
+    }
+
+    #[test]
+    fn bad_selectors_are_reported() {
+        let mut a = authority();
+        check_selectors(&a).unwrap();
+        a.trust_bundle.namespace_selector = Some(
+            serde_json::from_value(serde_json::json!({"matchExpressions": [{"key": "k", "operator": "Bogus"}]}))
+                .unwrap(),
+        );
+        let e = check_selectors(&a).unwrap_err();
+        assert!(e.to_string().contains("trustBundle.namespaceSelector"), "{e}");
+        assert!(e.to_string().contains("Exists"), "says which operators exist: {e}");
     }
 
     #[test]

@@ -255,9 +255,20 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         ($nr:expr) => {{
             let nr: NotReady = $nr;
             ctx.publish_authority(&name, None);
+            let reason_changed =
+                status.conditions.iter().find(|c| c.type_ == "Ready").is_none_or(|c| c.reason != nr.reason);
             write_status(&ctx, &auth, &status, new_status, false, nr.reason, nr.message, now).await?;
+            if reason_changed {
+                // Identities that found no authority at all, or another problem, learn of this one.
+                let _ = ctx.authority_changed.send(name.clone());
+            }
             return Ok(Action::requeue(Duration::from_secs(300)));
         }};
+    }
+
+    // What the API server cannot check: label selectors (a bad one would silently match nothing).
+    if let Err(e) = crate::policy::check_selectors(&auth.spec) {
+        not_ready!(NotReady { reason: "InvalidSpec", message: e.to_string() });
     }
 
     // The CA the user supplies, when there is one: vetted on every look.
