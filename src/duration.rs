@@ -46,7 +46,7 @@ pub fn parse(input: &str) -> Result<Duration, DurationError> {
         if !frac.is_empty() {
             let digits = frac.len().min(18) as u32;
             let f: u128 = frac[..digits as usize].parse().map_err(|_| err("malformed number"))?;
-            value += f * scale / 10u128.pow(digits);
+            value = value.checked_add(f * scale / 10u128.pow(digits)).ok_or_else(|| err("too large"))?;
         }
         total = total.checked_add(value).ok_or_else(|| err("too large"))?;
         rest = tail;
@@ -95,6 +95,11 @@ mod tests {
     #[test]
     fn refuses_garbage_zero_and_overflow() {
         for bad in ["", "10", "h", "1d", "-1h", "0s", "1.2.3h", "99999999999999999999999h", "3000000h"] {
+            assert!(parse(bad).is_err(), "{bad} should be refused");
+        }
+        // The whole hours fit in 128 bits, the fraction tips them over: refused, not wrapped
+        // around to a short duration.
+        for bad in ["94522879700260684295381835.999999999999h", "340282366920938463463374607431768211455.9ns"] {
             assert!(parse(bad).is_err(), "{bad} should be refused");
         }
     }

@@ -10,6 +10,8 @@ pub mod controller;
 pub mod crd;
 pub mod duration;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod leader;
 pub mod metrics;

@@ -74,6 +74,10 @@ pub enum PkiError {
     WeakKey(String),
     #[error("the chain in tls.crt is broken: certificate {index} is not signed by the next one")]
     BrokenChain { index: usize },
+    #[error(
+        "the CA certificate's subject ({subject}) cannot be copied exactly into the leaves it would sign, so they would not chain to it: repeated attribute types (two DC or OU), multi-valued or empty RDNs and unusual string types are not supported"
+    )]
+    UnsupportedSubject { subject: String },
     #[error("certificate generation failed: {0}")]
     Generate(String),
 }
@@ -341,19 +345,54 @@ pub fn load_ca(tls_crt: &str, tls_key: &str, ca_crt: Option<&str>, now: Timestam
         roots.push(chain.last().cloned().expect("chain is not empty"));
     }
     let facts = facts_of(&chain[0])?;
-    Ok(SigningCa {
+    let ca = SigningCa {
         cert_pem: der_to_pem(&chain[0]),
         cert_der: chain[0].clone(),
         chain_pem: intermediates.iter().map(|d| der_to_pem(d)).collect(),
         roots_pem: roots.iter().map(|d| der_to_pem(d)).collect(),
         facts,
         key: SecretPem(tls_key.to_string()),
-    })
+    };
+    ca.check_signs(&signing, now)?;
+    Ok(ca)
 }
 
 impl SigningCa {
     pub fn der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// Signs a throwaway leaf and checks that it chains to this CA. A leaf's issuer name is
+    /// rebuilt from the CA's subject, and not every subject survives that (two DC components, as
+    /// Active Directory CAs have, come out as one): such a CA would sign leaves that no verifier
+    /// can chain, so it is refused up front instead.
+    fn check_signs(&self, signing: &X509Certificate<'_>, now: Timestamp) -> Result<(), PkiError> {
+        let unsupported = || PkiError::UnsupportedSubject { subject: signing.subject().to_string() };
+        // The certificate library cannot rebuild (and panics on) RDNs with other than one attribute.
+        if signing.subject().iter().any(|rdn| rdn.iter().count() != 1) {
+            return Err(unsupported());
+        }
+        let leaf = self
+            .issue(&LeafRequest {
+                common_name: "mtls-operator self-test".into(),
+                spiffe_id: "spiffe://self-test.invalid/".into(),
+                dns_names: vec![],
+                ip_addresses: vec![],
+                usages: vec![Usage::ServerAuth],
+                algorithm: KeyAlgorithm::EcdsaP256,
+                not_before: now - CLOCK_SKEW_ALLOWANCE,
+                not_after: now + std::time::Duration::from_secs(60),
+            })
+            .map_err(|_| unsupported())?;
+        let der = parse_pem_certs("self-test leaf", &leaf.cert_chain_pem)?.remove(0);
+        let (_, leaf) = X509Certificate::from_der(&der)
+            .map_err(|e| PkiError::BadCertificate { what: "self-test leaf", detail: e.to_string() })?;
+        if leaf.issuer().as_raw() != signing.subject().as_raw()
+            || leaf.verify_signature(Some(signing.public_key())).is_err()
+        {
+            return Err(unsupported());
+        }
+        Ok(())
     }
 
     /// Issues a leaf with a fresh key. `not_after` is clamped to the CA's own expiry.
@@ -578,6 +617,22 @@ mod tests {
         let truncated = &good.cert_pem[..good.cert_pem.len() / 2];
         assert!(load_ca(truncated, good.key.expose(), None, now()).is_err());
         assert_eq!(load_ca(&good.cert_pem, "garbage", None, now()).unwrap_err(), PkiError::BadKey);
+    }
+
+    #[test]
+    fn refuses_a_ca_whose_subject_its_leaves_cannot_name() {
+        // Made by OpenSSL with -subj /DC=example/DC=com/CN=Int: the second DC would be lost from
+        // every leaf's issuer name. Kept in the fuzz corpus (tls.crt, separator, tls.key).
+        let input = include_str!("../fuzz/corpus/ca/openssl-repeated-dc");
+        let mut parts = input.split(crate::fuzzing::PART_SEPARATOR);
+        let (crt, key) = (parts.next().unwrap(), parts.next().unwrap());
+        let e = load_ca(crt, key, None, crate::fuzzing::now()).unwrap_err();
+        assert!(matches!(e, PkiError::UnsupportedSubject { .. }), "{e}");
+        assert!(e.to_string().contains("DC=example"), "{e}");
+        // The same shape with distinct attribute types is fine.
+        let input = include_str!("../fuzz/corpus/ca/openssl-printable-country");
+        let mut parts = input.split(crate::fuzzing::PART_SEPARATOR);
+        load_ca(parts.next().unwrap(), parts.next().unwrap(), None, crate::fuzzing::now()).unwrap();
     }
 
     #[test]

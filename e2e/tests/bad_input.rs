@@ -114,9 +114,11 @@ fn unusable_cas(d: &Path) -> Vec<(&'static str, &'static str, &'static str, Secr
     let p = |f: &str| d.join(f).to_str().unwrap().to_string();
     let gen_ca = |name: &str, algo: &[&str], extra: &[&str]| {
         let (k, c) = (p(&format!("{name}.key")), p(&format!("{name}.crt")));
-        let mut args = vec!["req", "-x509", "-nodes", "-keyout", &k, "-out", &c, "-subj", "/CN=test", "-days", "10"];
+        let subject = extra.iter().find_map(|a| a.strip_prefix("subject=")).unwrap_or("/CN=test");
+        let extra: Vec<&str> = extra.iter().copied().filter(|a| !a.starts_with("subject=")).collect();
+        let mut args = vec!["req", "-x509", "-nodes", "-keyout", &k, "-out", &c, "-subj", subject, "-days", "10"];
         args.extend_from_slice(algo);
-        args.extend_from_slice(extra);
+        args.extend_from_slice(&extra);
         let (ok, out) = openssl(&args);
         assert!(ok, "{out}");
         (std::fs::read_to_string(&c).unwrap(), std::fs::read_to_string(&k).unwrap())
@@ -127,6 +129,9 @@ fn unusable_cas(d: &Path) -> Vec<(&'static str, &'static str, &'static str, Secr
     let (leaf, leaf_key) = gen_ca("leaf", &ec, &["-addext", "basicConstraints=critical,CA:FALSE"]);
     let (weak, weak_key) = gen_ca("weak", &["-newkey", "rsa:1024"], &[]);
     let (nosign, nosign_key) = gen_ca("nosign", &ec, &["-addext", "keyUsage=critical,digitalSignature"]);
+    // An Active Directory style name: the leaves' issuer name would lose one DC and not chain.
+    let (dc, dc_key) = gen_ca("dc", &ec, &["subject=/DC=example/DC=com/CN=Issuing CA"]);
+    let (multi, multi_key) = gen_ca("multi", &ec, &["subject=/O=Acme/CN=Issuing CA+OU=Ops", "-multivalue-rdn"]);
     let own = |at: &str| {
         let (c, k) = mtls_operator::pki::generate_ca(
             "dated",
@@ -155,6 +160,8 @@ fn unusable_cas(d: &Path) -> Vec<(&'static str, &'static str, &'static str, Secr
         ("ca-key-truncated", "CaInvalidKey", "private key", pair(&good, &good_key[..good_key.len() / 2])),
         ("ca-key-missing", "CaInvalidKey", "private key", vec![("tls.crt", good.clone())]),
         ("ca-broken-chain", "CaBrokenChain", "not signed by the next", pair(&format!("{good}{other}"), &good_key)),
+        ("ca-repeated-dc", "CaUnsupportedSubject", "DC=example", pair(&dc, &dc_key)),
+        ("ca-multi-valued-rdn", "CaUnsupportedSubject", "cannot be copied exactly", pair(&multi, &multi_key)),
     ]
 }
 

@@ -44,6 +44,7 @@ fn pki_reason(e: &PkiError) -> &'static str {
         PkiError::NotYetValid { .. } => "CaNotYetValid",
         PkiError::WeakKey(_) => "CaWeakKey",
         PkiError::BrokenChain { .. } => "CaBrokenChain",
+        PkiError::UnsupportedSubject { .. } => "CaUnsupportedSubject",
         PkiError::Generate(_) => "CaGenerationFailed",
     }
 }
