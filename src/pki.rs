@@ -372,6 +372,10 @@ impl SigningCa {
         if signing.subject().iter().any(|rdn| rdn.iter().count() != 1) {
             return Err(unsupported());
         }
+        // ... nor (it panics) attribute types whose OID has no canonical encoding.
+        if signing.subject().iter().flat_map(|rdn| rdn.iter()).any(|atv| !encodable_oid(atv.attr_type())) {
+            return Err(unsupported());
+        }
         let leaf = self
             .issue(&LeafRequest {
                 common_name: "mtls-operator self-test".into(),
@@ -397,6 +401,14 @@ impl SigningCa {
 
     /// Issues a leaf with a fresh key. `not_after` is clamped to the CA's own expiry.
     pub fn issue(&self, req: &LeafRequest) -> Result<IssuedLeaf, PkiError> {
+        // The certificate library panics instead of failing on some encodings it cannot write;
+        // whatever slips past `check_signs` must become an error, never a crashed operator.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.issue_unchecked(req))).unwrap_or_else(|_| {
+            Err(PkiError::Generate("the certificate could not be encoded (see the CA certificate's subject)".into()))
+        })
+    }
+
+    fn issue_unchecked(&self, req: &LeafRequest) -> Result<IssuedLeaf, PkiError> {
         let ca_key = KeyPair::from_pem(self.key.expose()).map_err(|_| PkiError::BadKey)?;
         let issuer = Issuer::from_ca_cert_der(&self.cert_der.clone().into(), ca_key)
             .map_err(|e| PkiError::Generate(format!("reading the CA certificate: {e}")))?;
@@ -439,6 +451,15 @@ impl SigningCa {
             chain.push_str(pem);
         }
         Ok(IssuedLeaf { facts: facts_of(cert.der())?, cert_chain_pem: chain, key: private_key_pem(&key) })
+    }
+}
+
+/// Whether an OID can be written canonically (first arc 0–2, second below 40 unless the first is 2).
+fn encodable_oid(oid: &x509_parser::oid_registry::Oid<'_>) -> bool {
+    let Some(mut arcs) = oid.iter() else { return false };
+    match (arcs.next(), arcs.next()) {
+        (Some(a), Some(b)) => a < 3 && (a == 2 || b < 40) && b < u64::MAX - 80,
+        _ => false,
     }
 }
 
