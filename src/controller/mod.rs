@@ -109,10 +109,18 @@ impl Context {
     /// this process last wrote or, before any write, from `cached`. The cache lags our own
     /// writes, so after one it is no guide: a status equal to the stale cached one may still
     /// differ from what is stored (e.g. Ready again after a NotReady just written).
+    /// A condition's `lastTransitionTime` does not count: a reconcile that starts from a cache
+    /// without our last write would stamp the same condition with a later time.
     pub fn status_is_new<T: serde::Serialize + PartialEq>(&self, uid: &str, cached: &T, status: &T) -> bool {
         use std::hash::{Hash, Hasher};
+        let mut value = serde_json::to_value(status).unwrap_or_default();
+        if let Some(conditions) = value.get_mut("conditions").and_then(|c| c.as_array_mut()) {
+            for c in conditions.iter_mut().filter_map(|c| c.as_object_mut()) {
+                c.remove("lastTransitionTime");
+            }
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        serde_json::to_string(status).unwrap_or_default().hash(&mut h);
+        value.to_string().hash(&mut h);
         let digest = h.finish();
         let mut w = self.written_status.write().expect("status map lock poisoned");
         match w.get(uid) {
