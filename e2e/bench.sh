@@ -10,6 +10,13 @@
 #   MTLS_CONCURRENCY=64 e2e/bench.sh              operator settings go through its environment
 #
 # The output is also saved under target/bench-logs/, next to the operator's log.
+#
+# The scale benchmark (each part behind its own flag; see e2e/bench/issuance.rs):
+#   e2e/bench.sh --identities 10000 --namespaces 100 --unrelated-secrets 50000 --idle 60 --rotation --ceiling \
+#       --chart bench-results/scale-10000.png
+# MTLS_BENCH_KEEP_CLUSTER=1 leaves the control plane up afterwards, so that the next run reuses the
+# unrelated Secrets instead of creating them again (e2e/cluster.sh down with the same
+# MTLS_E2E_DIR takes it down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +33,11 @@ cargo bench --locked --bench issuance --no-run
 
 down() {
   local rc=$?
-  e2e/cluster.sh down || true
+  if [ -n "${MTLS_BENCH_KEEP_CLUSTER:-}" ]; then
+    echo "MTLS_BENCH_KEEP_CLUSTER is set: the control plane stays up ($MTLS_E2E_DIR)" >&2
+  else
+    e2e/cluster.sh down || true
+  fi
   exit "$rc"
 }
 trap down EXIT

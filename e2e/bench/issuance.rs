@@ -12,6 +12,15 @@
 //! process, the operator and this benchmark during the run, and the API server's request counts
 //! and mean latencies by verb and resource.
 //!
+//! The scale mode adds, each behind a flag: `--unrelated-secrets U` (U unrelated Secrets in the
+//! cluster before the operator starts, reused if present), `--idle S` (S seconds of nothing after
+//! all are Ready: the operator's CPU and API requests), `--rotation` (a full CA rotation of all N,
+//! timed to Stable), `--ceiling` (a plain client creating N Secrets of the same size at the same
+//! concurrency, operator stopped: the ratio of the operator's time to it is the headline) and
+//! `--chart PATH` (a PNG of throughput, latency and the operator's memory and CPU; one is always
+//! written under `target/bench-logs/`). The operator's RSS and CPU are sampled from `/proc` for
+//! the whole run and reported per phase.
+//!
 //! The operator under test is the real binary of this build profile, started here and tied to
 //! this process through its stdin. Its own settings can be changed through its environment
 //! variables (e.g. `MTLS_CONCURRENCY`, `MTLS_ISSUANCE_RATE`, `MTLS_ISSUANCE_BURST`), which it
@@ -42,11 +51,24 @@ use kube::{
 };
 use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
 
+mod ceiling;
+mod chart;
+mod procstat;
+mod rotation;
+mod unrelated;
+
+use procstat::{PhaseStart, PhaseUse, Sampler, mib, process_cpu_seconds};
+
 const OPERATOR_NAMESPACE: &str = "mtls-system";
 const NAMESPACE_PREFIX: &str = "bench";
 const BENCH_LABEL: &str = "mtls-bench";
 const USAGE: &str = "usage: cargo bench --bench issuance -- [--identities N] [--namespaces M] [--concurrency C] \
-                     [--rate PER_SECOND] [--timeout SECONDS] [--authority NAME]";
+                     [--rate PER_SECOND] [--timeout SECONDS] [--authority NAME] \
+                     [--unrelated-secrets U] [--unrelated-namespaces K] [--unrelated-concurrency C] \
+                     [--idle SECONDS] [--rotation] [--propagation-delay 5s] [--reissue-rate R] \
+                     [--ceiling] [--chart PATH.png]";
+/// Name of the trust bundle ConfigMap the benchmark's authority publishes to its namespaces.
+const BUNDLE_CONFIGMAP: &str = "bench-bundle";
 
 struct Args {
     identities: usize,
@@ -56,6 +78,18 @@ struct Args {
     rate: Option<f64>,
     timeout: Duration,
     authority: String,
+    /// Unrelated Secrets present in the cluster before the operator starts (0: none).
+    unrelated_secrets: usize,
+    unrelated_namespaces: usize,
+    unrelated_concurrency: usize,
+    /// Seconds of nothing after all are Ready, measured (None: skipped).
+    idle: Option<Duration>,
+    rotation: bool,
+    propagation_delay: String,
+    reissue_rate: u32,
+    ceiling: bool,
+    /// Where to copy the chart (it is always written under target/bench-logs/).
+    chart: Option<PathBuf>,
 }
 
 impl Args {
@@ -67,6 +101,15 @@ impl Args {
             rate: None,
             timeout: Duration::from_secs(600),
             authority: "bench".into(),
+            unrelated_secrets: 0,
+            unrelated_namespaces: 100,
+            unrelated_concurrency: 64,
+            idle: None,
+            rotation: false,
+            propagation_delay: "5s".into(),
+            reissue_rate: 1000,
+            ceiling: false,
+            chart: None,
         };
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
@@ -96,6 +139,15 @@ impl Args {
                 }
                 "--timeout" => a.timeout = Duration::from_secs(number(&flag, value(&flag)?)? as u64),
                 "--authority" => a.authority = value(&flag)?,
+                "--unrelated-secrets" => a.unrelated_secrets = number(&flag, value(&flag)?)?,
+                "--unrelated-namespaces" => a.unrelated_namespaces = number(&flag, value(&flag)?)?,
+                "--unrelated-concurrency" => a.unrelated_concurrency = number(&flag, value(&flag)?)?,
+                "--idle" => a.idle = Some(Duration::from_secs(number(&flag, value(&flag)?)? as u64)),
+                "--rotation" => a.rotation = true,
+                "--propagation-delay" => a.propagation_delay = value(&flag)?,
+                "--reissue-rate" => a.reissue_rate = number(&flag, value(&flag)?)? as u32,
+                "--ceiling" => a.ceiling = true,
+                "--chart" => a.chart = Some(PathBuf::from(value(&flag)?)),
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -312,6 +364,10 @@ struct Operator {
     child: Child,
     url: String,
     log: PathBuf,
+    /// When the process was started.
+    started: Instant,
+    /// Its RSS and CPU, read every 250 ms from the moment it was started.
+    sampler: Sampler,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -344,7 +400,8 @@ impl Operator {
             .stderr(out)
             .spawn()
             .context("starting the operator binary")?;
-        let mut op = Operator { child, url: format!("http://127.0.0.1:{port}"), log };
+        let sampler = Sampler::start(child.id(), Duration::from_millis(250));
+        let mut op = Operator { child, url: format!("http://127.0.0.1:{port}"), log, started: Instant::now(), sampler };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = http_get(&format!("{}/readyz", op.url)).await {
@@ -367,7 +424,8 @@ impl Operator {
     }
 
     /// Closes its stdin (it then shuts down gracefully) and waits for it to exit.
-    fn stop(mut self) {
+    fn stop(&mut self) {
+        self.sampler.stop();
         drop(self.child.stdin.take());
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
@@ -564,31 +622,261 @@ fn distribution(mut ds: Vec<Duration>) -> String {
     )
 }
 
+/// Everything the phases measured, for the summary and the chart.
+#[derive(Default)]
+struct Outcome {
+    issuance: Option<Issuance>,
+    idle: Option<Idle>,
+    rotation: Option<(rotation::Rotation, ApiDelta)>,
+    /// One of the operator's identity Secrets, the model for the ceiling's.
+    template: Option<Secret>,
+    phases: Vec<PhaseUse>,
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     let machine = Machine::read();
     let client = connect().await?;
     install_crds(&client).await?;
     ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
     remove_leftover_namespaces(&client).await?;
+    let unrelated = if args.unrelated_secrets > 0 {
+        let u =
+            unrelated::ensure(&client, args.unrelated_secrets, args.unrelated_namespaces, args.unrelated_concurrency)
+                .await
+                .context("creating the unrelated Secrets")?;
+        println!(
+            "unrelated Secrets: {} in {} namespaces ({} already there, {} created in {:.1} s{})",
+            args.unrelated_secrets,
+            args.unrelated_namespaces,
+            u.present,
+            u.created,
+            u.took.as_secs_f64(),
+            if u.created > 0 {
+                format!(
+                    ", {:.0}/s, mean {} bytes of data",
+                    u.created as f64 / u.took.as_secs_f64(),
+                    u.bytes / u.created
+                )
+            } else {
+                String::new()
+            }
+        );
+        Some(u)
+    } else {
+        None
+    };
 
-    let operator = Operator::start().await?;
+    let mut operator = Operator::start().await?;
     println!("operator: ready at {} (log: {})", operator.url, operator.log.display());
-    let result = measure(&client, &args, &machine, &operator).await;
-    let cleaned = cleanup(&client, &args).await;
-    let log = operator.log.clone();
+    let mut outcome = Outcome {
+        phases: vec![PhaseStart::since_process_start("start-up", operator.started).finish(&operator.sampler)],
+        ..Default::default()
+    };
+    let result = phases(&client, &args, &machine, &operator, &mut outcome).await;
+    let samples = operator.sampler.samples();
     operator.stop();
+    let log = operator.log.clone();
     report_operator_log(&log);
+    // What the control plane does by itself over the idle window, to tell the operator's requests
+    // from its own.
+    if let (Ok(()), Some(idle)) = (&result, outcome.idle.as_mut()) {
+        println!();
+        println!("baseline: {} s with the operator stopped ...", idle.window.as_secs());
+        let before = ApiRequests::scrape(&client).await;
+        tokio::time::sleep(idle.window).await;
+        if let (Some(a), Some(b)) = (before, ApiRequests::scrape(&client).await) {
+            let base = b.since(&a);
+            println!("  API server requests: {}", base.busiest(6).join("; "));
+            idle.baseline = Some(base);
+        }
+    }
+    // The ceiling, with the operator stopped: a plain client against the same API server.
+    let ceiling = match (&result, &outcome.template) {
+        (Ok(()), Some(template)) => {
+            let m = args.namespaces.min(args.identities);
+            println!();
+            println!(
+                "ceiling: a plain client creates {} Secrets like the operator's in {m} namespaces, {} in flight (operator stopped) ...",
+                args.identities, args.concurrency
+            );
+            let api_before = ApiRequests::scrape(&client).await;
+            let c = ceiling::run(
+                &client,
+                template,
+                |i| format!("{}-mtls", identity_name(i)),
+                args.identities,
+                m,
+                args.concurrency,
+                serde_json::json!({BENCH_LABEL: "true"}),
+            )
+            .await;
+            if let (Ok(c), Some(before), Some(after)) = (&c, api_before, ApiRequests::scrape(&client).await) {
+                println!(
+                    "ceiling:          {} Secrets ({} bytes of data each) in {:.2} s ({:.0}/s); create call {}",
+                    c.n,
+                    c.bytes,
+                    c.wall.as_secs_f64(),
+                    c.n as f64 / c.wall.as_secs_f64(),
+                    distribution(c.calls.clone())
+                );
+                println!("  API server requests: {}", after.since(&before).busiest(4).join("; "));
+            }
+            Some(c)
+        }
+        _ => None,
+    };
+    let cleaned = cleanup(&client, &args).await;
     result?;
+    let ceiling = ceiling.transpose().context("the ceiling run")?;
+    summary(&args, &machine, unrelated.as_ref(), &outcome, ceiling.as_ref());
+    if let Some(issuance) = &outcome.issuance {
+        let path = repo_root()
+            .join("target/bench-logs")
+            .join(format!("chart-{}.png", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")));
+        let data = chart_data(&args, &outcome, issuance, ceiling.as_ref(), &samples, operator.started);
+        match chart::draw(&path, &data) {
+            Ok(()) => {
+                println!("chart:            {}", path.display());
+                if let Some(copy) = &args.chart {
+                    std::fs::copy(&path, copy).with_context(|| format!("copying the chart to {}", copy.display()))?;
+                    println!("chart copied to:  {}", copy.display());
+                }
+            }
+            Err(e) => eprintln!("could not draw the chart: {e:#}"),
+        }
+    }
     cleaned
 }
 
-async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Operator) -> anyhow::Result<()> {
-    let (n, m, c) = (args.identities, args.namespaces.min(args.identities), args.concurrency);
+/// The phases run with the operator up: issuance, then (if asked) idle and rotation.
+async fn phases(
+    client: &Client,
+    args: &Args,
+    machine: &Machine,
+    operator: &Operator,
+    out: &mut Outcome,
+) -> anyhow::Result<()> {
+    let issuance = measure(client, args, machine, operator).await?;
+    out.phases.extend(issuance.setup.clone());
+    out.phases.push(issuance.phase.clone());
+    out.issuance = Some(issuance);
+    if let Some(window) = args.idle {
+        println!();
+        println!("idle: {} s with no changes ...", window.as_secs());
+        let procs = watched_processes(operator.child.id());
+        let api_before = ApiRequests::scrape(client).await;
+        let cpu_before = CpuSample::take(&procs);
+        let start = PhaseStart::begin(&operator.sampler, "idle");
+        let before = operator.metrics().await?;
+        tokio::time::sleep(window).await;
+        let ops = operator.metrics().await?.since(&before);
+        let phase = start.finish(&operator.sampler);
+        let cpu = CpuSample::take(&procs).describe_since(&cpu_before);
+        let api = match (api_before, ApiRequests::scrape(client).await) {
+            (Some(a), Some(b)) => b.since(&a),
+            _ => ApiDelta::default(),
+        };
+        let requests: Vec<String> = api.operator().iter().map(|((v, r), n)| format!("{v} {r} {n}")).collect::<Vec<_>>();
+        println!(
+            "idle:             operator CPU {:.2} s in {:.0} s ({:.2}% of one core), {} reconciles, {} API requests by the operator{}",
+            phase.cpu_s,
+            window.as_secs_f64(),
+            100.0 * phase.cpu_s / window.as_secs_f64(),
+            ops.reconciles,
+            api.operator_total(),
+            if requests.is_empty() { String::new() } else { format!(" ({})", requests.join(", ")) }
+        );
+        println!("  CPU:            {cpu}");
+        out.phases.push(phase.clone());
+        out.idle = Some(Idle { window, phase, api, reconciles: ops.reconciles, baseline: None });
+    }
+    if args.rotation {
+        println!();
+        println!(
+            "rotation: a full CA rotation of {} identities (propagationDelay {}, reissueRate {}) ...",
+            args.identities, args.propagation_delay, args.reissue_rate
+        );
+        let procs = watched_processes(operator.child.id());
+        let api_before = ApiRequests::scrape(client).await;
+        let cpu_before = CpuSample::take(&procs);
+        let start = PhaseStart::begin(&operator.sampler, "rotation");
+        let before = operator.metrics().await?;
+        let r = rotation::run(client, &args.authority, args.timeout).await?;
+        let phase = start.finish(&operator.sampler);
+        let cpu = CpuSample::take(&procs).describe_since(&cpu_before);
+        let api = match (api_before, ApiRequests::scrape(client).await) {
+            (Some(a), Some(b)) => b.since(&a),
+            _ => ApiDelta::default(),
+        };
+        let ops = operator.metrics().await?.since(&before);
+        let n = args.identities;
+        let (writes, by_kind) = api.operator_writes();
+        println!(
+            "rotation:         {:.1} s from the trigger to Stable on the new CA; phases: {}",
+            r.took.as_secs_f64(),
+            r.phases.iter().map(|(p, t)| format!("{p} {t:.1} s")).collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "  identities:     {} of {} identity Secrets hold a leaf of the new CA {}",
+            r.on_new_ca,
+            r.secrets,
+            if r.on_new_ca == n && r.secrets == n { "= N, OK".to_string() } else { format!("(N = {n}): MISMATCH") }
+        );
+        println!(
+            "  issuances:      {:?}; reconciles {}; operator CPU {:.2} s, peak RSS {:.1} MiB",
+            ops.issuances,
+            ops.reconciles,
+            phase.cpu_s,
+            mib(phase.peak_rss_kib)
+        );
+        println!("  writes:         {} per identity ({})", per(writes, n), describe_per_identity(&by_kind, n));
+        println!("  CPU:            {cpu}");
+        out.phases.push(phase);
+        if r.on_new_ca != n || r.secrets != n {
+            bail!("after the rotation {} of {} identity Secrets are on the new CA (N = {n})", r.on_new_ca, r.secrets);
+        }
+        out.rotation = Some((r, api));
+    }
+    if args.ceiling {
+        let api: Api<Secret> = Api::namespaced(client.clone(), &namespace_name(0));
+        let name = format!("{}-mtls", identity_name(0));
+        out.template = Some(api.get(&name).await.with_context(|| format!("reading {name}, the ceiling's model"))?);
+    }
+    Ok(())
+}
 
-    // The authority.
+struct Issuance {
+    timings: Vec<Timing>,
+    api: ApiDelta,
+    /// CPU of everything but the control plane, operator and benchmark, % of one core.
+    others: f64,
+    /// Authority and namespaces, before the first create.
+    setup: Vec<PhaseUse>,
+    phase: PhaseUse,
+}
+
+struct Idle {
+    window: Duration,
+    phase: PhaseUse,
+    api: ApiDelta,
+    reconciles: f64,
+    /// The same window with the operator stopped: what the control plane does by itself.
+    baseline: Option<ApiDelta>,
+}
+
+async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Operator) -> anyhow::Result<Issuance> {
+    let (n, m, c) = (args.identities, args.namespaces.min(args.identities), args.concurrency);
+    let setup = PhaseStart::begin(&operator.sampler, "set-up");
+
+    // The authority: a generated CA, its trust bundle published to the benchmark's namespaces.
     let authorities: Api<MtlsAuthority> = Api::all(client.clone());
-    let auth: MtlsAuthority =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": args.authority}, "spec": {}}))?;
+    let auth: MtlsAuthority = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": args.authority},
+        "spec": {
+            "rotation": {"propagationDelay": args.propagation_delay, "reissueRate": args.reissue_rate},
+            "trustBundle": {"configMapName": BUNDLE_CONFIGMAP, "namespaceSelector": {"matchLabels": {BENCH_LABEL: "true"}}},
+        },
+    }))?;
     let started = Instant::now();
     match authorities.create(&PostParams::default(), &auth).await {
         Ok(_) => {}
@@ -621,6 +909,22 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
         nsapi.create(&PostParams::default(), &ns).await.with_context(|| format!("creating {}", namespace_name(j)))?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // The trust bundle reaches every namespace before the clock starts.
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::all(client.clone());
+    let published = wait_for(Duration::from_secs(120), || {
+        let configmaps = configmaps.clone();
+        let lp = ListParams::default().fields(&format!("metadata.name={BUNDLE_CONFIGMAP}"));
+        async move {
+            let list = configmaps.list_metadata(&lp).await.ok()?;
+            let count =
+                list.items.iter().filter(|c| c.namespace().is_some_and(|ns| ns.starts_with(NAMESPACE_PREFIX))).count();
+            (count >= m).then_some(())
+        }
+    })
+    .await;
+    if published.is_none() {
+        eprintln!("warning: the trust bundle did not reach all {m} namespaces within 120 s");
+    }
 
     // The watch, established before the first create.
     let mut events = spawn_watch(client);
@@ -635,6 +939,8 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
     let procs = watched_processes(operator.child.id());
     let api_before = ApiRequests::scrape(client).await;
     let cpu_before = CpuSample::take(&procs);
+    let setup = setup.finish(&operator.sampler);
+    let phase = PhaseStart::begin(&operator.sampler, "issuance");
 
     println!();
     let pace = args.rate.map(|r| format!(", paced at {r}/s")).unwrap_or_default();
@@ -724,26 +1030,45 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
             },
         }
     }
-    let cpu = CpuSample::take(&procs).describe_since(&cpu_before);
-    let api = match (api_before, ApiRequests::scrape(client).await) {
-        (Some(a), Some(b)) => b.describe_since(&a),
-        _ => vec!["(API server /metrics not readable)".into()],
-    };
+    let cpu_after = CpuSample::take(&procs);
+    let cpu = cpu_after.describe_since(&cpu_before);
+    let others = cpu_after.others_since(&cpu_before);
 
     // Let anything that would happen after Ready (a second issuance, say) happen before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let api = match (api_before, ApiRequests::scrape(client).await) {
+        (Some(a), Some(b)) => b.since(&a),
+        _ => ApiDelta::default(),
+    };
+    let phase = phase.finish(&operator.sampler);
     let after = operator.metrics().await?;
     report(args, machine, &timings, &after.since(&before));
     match write_timings(&timings, m) {
         Ok(path) => println!("per-identity timings: {}", path.display()),
         Err(e) => eprintln!("could not write the per-identity timings: {e}"),
     }
-    println!("CPU (run):        {cpu}");
-    println!("API server requests during the run (not WATCH), busiest first:");
-    for line in api {
+    let noisy = if others > NOISY_OTHERS {
+        format!("  NOISY: other processes used {others:.0}% of one core")
+    } else {
+        String::new()
+    };
+    println!("CPU (run):        {cpu}{noisy}");
+    println!(
+        "operator process: {:.2} CPU s ({:.2} ms per identity), peak RSS {:.1} MiB (VmHWM so far {:.1} MiB)",
+        phase.cpu_s,
+        1000.0 * phase.cpu_s / n as f64,
+        mib(phase.peak_rss_kib),
+        mib(phase.hwm_kib)
+    );
+    println!("API server requests during the run and 2 s after (not WATCH), busiest first:");
+    for line in api.busiest(10) {
         println!("  {line}");
     }
-    Ok(())
+    let by_verb: Vec<(String, f64)> = api.operator_by_verb().into_iter().collect();
+    println!("API requests per identity by the operator, by verb: {}", describe_per_identity(&by_verb, n));
+    let (writes, by_kind) = api.operator_writes();
+    println!("writes per issuance: {} ({})", per(writes, n), describe_per_identity(&by_kind, n));
+    Ok(Issuance { timings, api, others, setup: vec![setup], phase })
 }
 
 /// Writes one CSV line per identity (milliseconds since the first create) for closer analysis.
@@ -901,17 +1226,6 @@ struct CpuSample {
     total: f64,
 }
 
-/// Clock ticks per second of /proc (USER_HZ), 100 on every Linux this runs on.
-const CLOCK_TICKS: f64 = 100.0;
-
-fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the parenthesised command: state is field 3, utime 14, stime 15.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / CLOCK_TICKS)
-}
-
 /// The processes to account for: the control plane (its pid files sit next to the kubeconfig
 /// that `e2e/cluster.sh` writes), the operator and this benchmark.
 fn watched_processes(operator_pid: u32) -> Vec<(String, u32)> {
@@ -940,7 +1254,7 @@ impl CpuSample {
                 // user nice system idle iowait irq softirq steal ...
                 let total: f64 = v.iter().take(8).sum();
                 let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
-                Some(((total - idle) / CLOCK_TICKS, total / CLOCK_TICKS))
+                Some(((total - idle) / procstat::CLOCK_TICKS, total / procstat::CLOCK_TICKS))
             })
             .unwrap_or((0.0, 0.0));
         CpuSample {
@@ -967,7 +1281,21 @@ impl CpuSample {
         parts.push(format!("everything else {:.0}%", (100.0 * (busy - accounted) / wall).max(0.0)));
         format!("machine {:.0}% busy of {:.0}% ({})", 100.0 * busy / wall, 100.0 * cores.round(), parts.join(", "))
     }
+
+    /// CPU used by everything but the watched processes, in percent of one core.
+    fn others_since(&self, before: &CpuSample) -> f64 {
+        let wall = (self.at - before.at).as_secs_f64().max(1e-9);
+        let accounted: f64 = self
+            .procs
+            .iter()
+            .filter_map(|(name, secs)| Some(secs - before.procs.iter().find(|(n, _)| n == name)?.1))
+            .sum();
+        (100.0 * (self.busy - before.busy - accounted) / wall).max(0.0)
+    }
 }
+
+/// Past this share of the machine (percent of one core) used by other processes, a run is noisy.
+const NOISY_OTHERS: f64 = 25.0;
 
 /// API server request counts and mean latencies by verb and resource (from its /metrics).
 #[derive(Default)]
@@ -1018,20 +1346,111 @@ impl ApiRequests {
         Some(out)
     }
 
-    /// The requests made between `before` and `self`, busiest first.
-    fn describe_since(&self, before: &ApiRequests) -> Vec<String> {
-        let mut rows: Vec<(String, f64, f64)> = self
-            .by_kind
-            .iter()
-            .filter_map(|(k, (count, sum))| {
-                let (c0, s0) = before.by_kind.get(k).copied().unwrap_or_default();
-                let n = count - c0;
-                (n >= 1.0).then(|| (format!("{} {}", k.0, k.1), n, (sum - s0) / n))
-            })
-            .collect();
-        rows.sort_by(|a, b| b.1.total_cmp(&a.1));
-        rows.into_iter().take(10).map(|(k, n, mean)| format!("{k}: {n} (mean {:.1} ms)", 1000.0 * mean)).collect()
+    fn since(&self, before: &ApiRequests) -> ApiDelta {
+        ApiDelta {
+            rows: self
+                .by_kind
+                .iter()
+                .filter_map(|(k, (count, sum))| {
+                    let (c0, s0) = before.by_kind.get(k).copied().unwrap_or_default();
+                    let n = count - c0;
+                    (n >= 1.0).then(|| (k.clone(), (n, (sum - s0) / n)))
+                })
+                .collect(),
+        }
     }
+}
+
+/// API requests (not WATCH) made in a window: (verb, resource) -> (count, mean latency in seconds).
+#[derive(Default)]
+struct ApiDelta {
+    rows: BTreeMap<(String, String), (f64, f64)>,
+}
+
+fn is_write(verb: &str) -> bool {
+    matches!(verb, "POST" | "PUT" | "PATCH" | "DELETE" | "DELETECOLLECTION" | "APPLY")
+}
+
+/// Requests the operator does not make: the benchmark's own (its creates, its reads of the
+/// authority and its rotation trigger, /metrics and /version), the controller manager's (service
+/// accounts of new namespaces) and the API server's own controllers (the `kubernetes` Service's
+/// endpoints, its identity Leases, its periodic Service IP repair; the operator runs without
+/// leader election here and never reads Services).
+fn not_by_operator(verb: &str, resource: &str) -> bool {
+    resource.is_empty()
+        || resource.starts_with('/')
+        || (verb == "POST" && resource == "mtlsidentities")
+        || resource == "mtlsauthorities"
+        || resource.starts_with("serviceaccounts")
+        || resource.starts_with("namespaces")
+        || resource.starts_with("endpoints")
+        || resource == "services"
+        || resource == "leases"
+}
+
+impl ApiDelta {
+    fn busiest(&self, k: usize) -> Vec<String> {
+        let mut rows: Vec<_> = self.rows.iter().collect();
+        rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+        rows.into_iter()
+            .take(k)
+            .map(|((verb, res), (n, mean))| format!("{verb} {res}: {n} (mean {:.1} ms)", 1000.0 * mean))
+            .collect()
+    }
+
+    /// The operator's requests: (verb, resource) -> count.
+    fn operator(&self) -> BTreeMap<(String, String), f64> {
+        self.rows.iter().filter(|((v, r), _)| !not_by_operator(v, r)).map(|(k, (n, _))| (k.clone(), *n)).collect()
+    }
+
+    /// The operator's requests by verb.
+    fn operator_by_verb(&self) -> BTreeMap<String, f64> {
+        let mut out = BTreeMap::new();
+        for ((verb, _), n) in self.operator() {
+            *out.entry(verb).or_default() += n;
+        }
+        out
+    }
+
+    /// The operator's writes, and them by verb and resource.
+    fn operator_writes(&self) -> (f64, Vec<(String, f64)>) {
+        let rows: Vec<(String, f64)> = self
+            .operator()
+            .into_iter()
+            .filter(|((v, _), _)| is_write(v))
+            .map(|((v, r), n)| (format!("{v} {r}"), n))
+            .collect();
+        (rows.iter().map(|(_, n)| n).fold(0.0, |a, b| a + b), rows)
+    }
+
+    fn operator_total(&self) -> f64 {
+        self.operator().values().fold(0.0, |a, b| a + b)
+    }
+
+    /// What this window has more of than `baseline`: (verb, resource) -> count, operator's only.
+    fn operator_minus(&self, baseline: &ApiDelta) -> BTreeMap<(String, String), f64> {
+        let base = baseline.operator();
+        self.operator()
+            .into_iter()
+            .map(|(k, n)| {
+                let b = base.get(&k).copied().unwrap_or(0.0);
+                (k, (n - b).max(0.0))
+            })
+            .filter(|(_, n)| *n > 0.0)
+            .collect()
+    }
+}
+
+/// `x / n` for per-identity figures, two decimals.
+fn per(x: f64, n: usize) -> String {
+    format!("{:.2}", x / n.max(1) as f64)
+}
+
+fn describe_per_identity(counts: &[(String, f64)], n: usize) -> String {
+    if counts.is_empty() {
+        return "none".into();
+    }
+    counts.iter().map(|(k, c)| format!("{k} {}", per(*c, n))).collect::<Vec<_>>().join(", ")
 }
 
 /// Deletes what the run created: the bench namespaces (and with them the identities and their
@@ -1059,4 +1478,205 @@ async fn cleanup(client: &Client, args: &Args) -> anyhow::Result<()> {
         .await
         .context("deleting the authority's CA Secrets")?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scale summary and the chart
+// ---------------------------------------------------------------------------------------------
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// Idle counts as "near zero" below this share of one core, with no LIST by the operator and at
+/// most one request per 10 s.
+const IDLE_CPU_TARGET_PCT: f64 = 1.0;
+
+fn summary(
+    args: &Args,
+    machine: &Machine,
+    unrelated: Option<&unrelated::Created>,
+    o: &Outcome,
+    ceiling: Option<&ceiling::Ceiling>,
+) {
+    let Some(iss) = &o.issuance else { return };
+    let n = args.identities;
+    let m = args.namespaces.min(n);
+    let first = iss.timings.iter().filter_map(|t| t.create_start).min().expect("a create");
+    let last = iss.timings.iter().filter_map(|t| t.ready).max().expect("a Ready");
+    let wall = (last - first).as_secs_f64();
+    let mut latency: Vec<Duration> = iss.timings.iter().map(|t| t.ready.unwrap() - t.create_start.unwrap()).collect();
+    latency.sort();
+    let p99 = percentile(&latency, 0.99);
+    let hwm = o.phases.iter().map(|p| p.hwm_kib).max().unwrap_or(0);
+    let noisy = iss.others > NOISY_OTHERS;
+
+    println!();
+    println!("=== scale summary ===");
+    println!(
+        "machine:          {} cores, {}, {:.1} GiB RAM; load average at start {}, at end {}{}",
+        machine.cores,
+        machine.cpu,
+        machine.memory_gib,
+        machine.load,
+        Machine::read().load,
+        if noisy {
+            format!("; NOISY (others used {:.0}% of one core during issuance)", iss.others)
+        } else {
+            String::new()
+        }
+    );
+    println!("operator source:  {}", source_state());
+    println!(
+        "workload:         {n} identities in {m} namespaces, {} creates in flight; {} unrelated Secrets in {} namespaces{}",
+        args.concurrency,
+        if unrelated.is_some() { args.unrelated_secrets } else { 0 },
+        if unrelated.is_some() { args.unrelated_namespaces } else { 0 },
+        unrelated.map(|u| if u.created == 0 { " (reused)" } else { "" }).unwrap_or("")
+    );
+    println!("all Ready:        {wall:.2} s from the first create ({:.1} identities/s)", n as f64 / wall);
+    let ratio = ceiling.map(|c| wall / c.wall.as_secs_f64());
+    if let (Some(c), Some(r)) = (ceiling, ratio) {
+        println!(
+            "ceiling:          {:.2} s for a plain client to create {n} Secrets of {} bytes, {} in flight ({:.0}/s)",
+            c.wall.as_secs_f64(),
+            c.bytes,
+            args.concurrency,
+            c.n as f64 / c.wall.as_secs_f64()
+        );
+        println!("ratio:            {r:.2} x the ceiling (operator time / ceiling time)");
+    }
+    println!("latency:          {}", distribution(latency.clone()));
+    let phase_list = |f: &dyn Fn(&PhaseUse) -> String| o.phases.iter().map(f).collect::<Vec<_>>().join(", ");
+    println!(
+        "operator RSS:     peak (VmHWM) {:.1} MiB; peak VmRSS by phase: {}; VmRSS at the end of the last phase {:.1} MiB",
+        mib(hwm),
+        phase_list(&|p| format!("{} {:.1}", p.name, mib(p.peak_rss_kib))),
+        o.phases.last().map(|p| mib(p.end_rss_kib)).unwrap_or(0.0)
+    );
+    println!("operator CPU:     {} (seconds by phase)", phase_list(&|p| format!("{} {:.2}", p.name, p.cpu_s)));
+    let by_verb: Vec<(String, f64)> = iss.api.operator_by_verb().into_iter().collect();
+    println!("API per identity: {} (operator's requests during issuance, by verb)", describe_per_identity(&by_verb, n));
+    let (writes, by_kind) = iss.api.operator_writes();
+    let writes_per = writes / n as f64;
+    println!("writes/issuance:  {writes_per:.2} ({})", describe_per_identity(&by_kind, n));
+    let idle_ok = o.idle.as_ref().map(|i| {
+        let pct = 100.0 * i.phase.cpu_s / i.window.as_secs_f64();
+        let requests = match &i.baseline {
+            Some(b) => i.api.operator_minus(b),
+            None => i.api.operator(),
+        };
+        let total = requests.values().fold(0.0, |a, b| a + b);
+        let lists = requests.iter().filter(|((v, _), _)| v == "LIST").fold(0.0, |a, (_, c)| a + c);
+        println!(
+            "idle:             {:.2} CPU s in {:.0} s ({pct:.2}% of one core), {} reconciles; API requests {}: {total}{}",
+            i.phase.cpu_s,
+            i.window.as_secs_f64(),
+            i.reconciles,
+            if i.baseline.is_some() {
+                "beyond the control plane's own (the same window with the operator stopped)"
+            } else {
+                "on the operator's resources"
+            },
+            if requests.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", requests.iter().map(|((v, r), n)| format!("{v} {r} {n}")).collect::<Vec<_>>().join(", "))
+            }
+        );
+        (pct, pct < IDLE_CPU_TARGET_PCT && lists == 0.0 && total <= i.window.as_secs_f64() / 10.0)
+    });
+    if let Some((r, api)) = &o.rotation {
+        let (w, by_kind) = api.operator_writes();
+        println!(
+            "rotation:         {:.1} s trigger -> Stable ({}); {} writes per identity ({})",
+            r.took.as_secs_f64(),
+            r.phases.iter().map(|(p, t)| format!("{p} {t:.1}")).collect::<Vec<_>>().join(", "),
+            per(w, n),
+            describe_per_identity(&by_kind, n)
+        );
+    }
+    println!("targets (stated for: ratio and RSS at 10,000 identities with 50,000 unrelated Secrets; p99 at 1,000):");
+    if let Some(r) = ratio {
+        println!("  Ready within 2x the ceiling:       {} ({r:.2}x)", verdict(r <= 2.0));
+    } else {
+        println!("  Ready within 2x the ceiling:       not measured (--ceiling)");
+    }
+    println!("  p99 create -> Ready under 1 s:     {} ({})", verdict(p99 < Duration::from_secs(1)), ms(p99));
+    println!("  operator peak RSS under 64 MiB:    {} ({:.1} MiB)", verdict(hwm < 64 * 1024), mib(hwm));
+    match idle_ok {
+        Some((pct, ok)) => println!("  idle CPU near zero:                {} ({pct:.2}% of one core)", verdict(ok)),
+        None => println!("  idle CPU near zero:                not measured (--idle SECONDS)"),
+    }
+    println!("  at most 3 API writes per issuance: {} ({writes_per:.2})", verdict(writes_per <= 3.0));
+}
+
+fn chart_data(
+    args: &Args,
+    o: &Outcome,
+    iss: &Issuance,
+    ceiling: Option<&ceiling::Ceiling>,
+    samples: &[(Instant, procstat::ProcStat)],
+    started: Instant,
+) -> chart::ChartData {
+    let first = iss.timings.iter().filter_map(|t| t.create_start).min().expect("a create");
+    let mut identities: Vec<(f64, f64)> = iss
+        .timings
+        .iter()
+        .map(|t| ((t.create_start.unwrap() - first).as_secs_f64(), (t.ready.unwrap() - first).as_secs_f64()))
+        .collect();
+    identities.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let wall = identities.iter().map(|i| i.1).fold(0.0, f64::max);
+    let mut lat: Vec<f64> = identities.iter().map(|(c, r)| r - c).collect();
+    lat.sort_by(f64::total_cmp);
+    let q = |q: f64| lat[((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1];
+    // CPU % over about a second between samples, RSS as sampled.
+    let mut operator = vec![];
+    let mut j = 0;
+    for (i, (at, p)) in samples.iter().enumerate() {
+        while j < i && (*at - samples[j].0) > Duration::from_millis(1000) {
+            j += 1;
+        }
+        let (t0, p0) = samples[j.min(i)];
+        let dt = (*at - t0).as_secs_f64();
+        let cpu = if dt > 0.0 { 100.0 * (p.cpu_s - p0.cpu_s) / dt } else { 0.0 };
+        operator.push(((*at - started).as_secs_f64(), mib(p.rss_kib), cpu));
+    }
+    let hwm = o.phases.iter().map(|p| p.hwm_kib).max().unwrap_or(0);
+    let ratio = ceiling
+        .map(|c| format!(" = {:.2}x the ceiling ({:.1} s)", wall / c.wall.as_secs_f64(), c.wall.as_secs_f64()))
+        .unwrap_or_default();
+    let machine = Machine::read();
+    chart::ChartData {
+        title: format!("mtls-operator: {} identities Ready in {wall:.1} s{ratio}", identities.len()),
+        subtitle: format!(
+            "{} namespaces, {} creates in flight, {} unrelated Secrets; latency p50 {:.2} s, p99 {:.2} s; operator peak RSS {:.1} MiB",
+            args.namespaces.min(args.identities),
+            args.concurrency,
+            if args.unrelated_secrets > 0 { args.unrelated_secrets } else { 0 },
+            q(0.5),
+            q(0.99),
+            mib(hwm),
+        ),
+        machine: format!(
+            "{} cores ({}), load average {} at the end{}; operator {}",
+            machine.cores,
+            machine.cpu,
+            machine.load,
+            if iss.others > NOISY_OTHERS {
+                format!("; NOISY: others used {:.0}% of one core", iss.others)
+            } else {
+                String::new()
+            },
+            source_state()
+        ),
+        identities,
+        ceiling_done_s: ceiling.map(|c| c.done_s.clone()),
+        operator,
+        phases: o
+            .phases
+            .iter()
+            .map(|p| (p.name.clone(), (p.start - started).as_secs_f64(), (p.end.max(p.start) - started).as_secs_f64()))
+            .collect(),
+    }
 }
