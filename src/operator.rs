@@ -177,6 +177,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
+        reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
         authorities: RwLock::default(),
         authority_changed: changed_tx,
         failures: RwLock::default(),
@@ -202,9 +203,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
     let auth_stream = reflector::reflector(
         auth_writer,
-        watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()).modify(slim),
     )
-    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .applied_objects()
@@ -219,17 +219,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .touched_objects();
     let bundle_configmaps = reflector::reflector(
         cm_writer,
-        watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector())),
+        watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector()))
+            .modify(slim),
     )
-    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects();
     let bundle_namespaces = reflector::reflector(
         bundle_ns_writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()).modify(slim),
     )
-    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects()
@@ -312,23 +311,30 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ),
     )
     .predicate_filter(predicates::generation, PredicateConfig::default());
+    // Each (re)list of our Secrets: a Secret deleted while the watch was down shows up only as
+    // missing from the new list, so identities whose Secret is missing are woken then.
+    let (relisted_tx, relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let owned_secrets = reflector::reflector(
         secret_writer,
         watcher(
             Api::<PartialObjectMeta<Secret>>::all(client.clone()),
             watcher::Config::default().labels(&managed_selector()),
-        ),
+        )
+        .modify(slim),
     )
-    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
+    .inspect(move |event| {
+        if matches!(event, Ok(watcher::Event::InitDone)) {
+            let _ = relisted_tx.send(());
+        }
+    })
     .touched_objects();
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = reflector::reflector(
         ns_writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()),
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()).modify(slim),
     )
-    .modify(slim)
     .default_backoff()
     .inspect_err(suspect(&api_health))
     .touched_objects()
@@ -369,10 +375,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .reconcile_on(authority_changes)
+        .reconcile_on(UnboundedReceiverStream::new(relisted_rx).flat_map({
+            let (ids, secrets) = (id_store.clone(), secret_store.clone());
+            move |()| {
+                let missing: Vec<ObjectRef<MtlsIdentity>> = ids
+                    .state()
+                    .into_iter()
+                    .filter(|i| {
+                        let name = identity::secret_name(i);
+                        secrets.get(&ObjectRef::new(&name).within(&i.namespace().unwrap_or_default())).is_none()
+                    })
+                    .map(|i| ObjectRef::from_obj(&*i))
+                    .collect();
+                futures::stream::iter(missing)
+            }
+        }))
         .reconcile_on(failed_since_outage(recovered_ids, ctx.clone(), "identity/", |key| {
             key.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))
         }))
-        .with_config(kube::runtime::controller::Config::default().concurrency(config.concurrency))
+        // Concurrency is bounded by `ctx.reconcile_slots` (first come, first served) instead.
+        .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .graceful_shutdown_on(stopped())
         .run(
             move |id, ctx| {

@@ -345,10 +345,12 @@ pub struct Stores {
 }
 
 pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
-    ctx.metrics.reconciles.inc();
     if id.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    // Wait for a slot (in arrival order); closed only if the process is going away.
+    let Ok(_slot) = ctx.reconcile_slots.acquire().await else { return Ok(Action::await_change()) };
+    ctx.metrics.reconciles.inc();
     let ns = id.namespace().unwrap_or_default();
     let name = id.name_any();
     let now = Timestamp::now();

@@ -61,6 +61,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
+    /// Identity reconciles doing API work at once (`--concurrency`). The semaphore is fair, so
+    /// under a backlog identities are served in the order they were queued (creation order, or
+    /// most urgent first after a restart); the controller itself runs unbounded, because its
+    /// own queue hands out a backlog newest-first, which starved the middle of a large burst.
+    pub reconcile_slots: tokio::sync::Semaphore,
     pub authorities: RwLock<HashMap<String, Arc<AuthorityState>>>,
     /// Names of authorities whose signer, bundle or spec changed: their identities must be
     /// reconciled again.
