@@ -52,14 +52,8 @@ struct Setup {
 impl Setup {
     async fn new(prefix: &str, namespaces: usize, rotation: serde_json::Value) -> Self {
         let client = harness::client().await;
-        harness::install_crds(&client).await;
+        harness::install_crds_and_operator_namespace(&client).await;
         let ns_api: Api<Namespace> = Api::all(client.clone());
-        let _ = ns_api
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap(),
-            )
-            .await;
         let authority = format!("{prefix}-{:06x}", harness::rand_u32() & 0xffffff);
         let auth: MtlsAuthority = serde_json::from_value(serde_json::json!({
             "metadata": {"name": authority},

@@ -127,6 +127,13 @@ pub async fn install_crds(client: &Client) {
     }
 }
 
+/// What every operator process needs before it starts: the CRDs and its own namespace.
+pub async fn install_crds_and_operator_namespace(client: &Client) {
+    install_crds(client).await;
+    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
+    let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
+}
+
 /// Polls `f` every 100 ms until it returns Some, or gives up after `timeout`.
 pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
 where
@@ -164,10 +171,7 @@ pub async fn operator() -> &'static Operator {
     if let Some(op) = OPERATOR.get() {
         return op;
     }
-    let client = client().await;
-    install_crds(&client).await;
-    let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
-    let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
+    install_crds_and_operator_namespace(&client().await).await;
     let op = OPERATOR.get_or_init(|| {
         let port = free_port();
         let dir = kubeconfig_path().parent().map(PathBuf::from).unwrap_or_else(std::env::temp_dir);

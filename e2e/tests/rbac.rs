@@ -77,14 +77,8 @@ where
 #[tokio::test]
 async fn the_operator_works_as_the_charts_service_account() {
     let client = harness::client().await;
-    harness::install_crds(&client).await;
+    harness::install_crds_and_operator_namespace(&client).await;
     let ns_api: Api<Namespace> = Api::all(client.clone());
-    let _ = ns_api
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "mtls-system"}})).unwrap(),
-        )
-        .await;
     let rules = apply_chart_rbac(&client).await;
     // Least privilege: no wildcards, no delete on Secrets, no access to anything else.
     for r in &rules {
@@ -187,13 +181,7 @@ async fn the_operator_works_as_the_charts_service_account() {
 #[tokio::test]
 async fn the_rendered_install_manifest_is_accepted_by_the_api_server() {
     let client = harness::client().await;
-    harness::install_crds(&client).await;
-    let _ = Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(serde_json::json!({"metadata": {"name": "mtls-system"}})).unwrap(),
-        )
-        .await;
+    harness::install_crds_and_operator_namespace(&client).await;
     let out = Command::new("kubectl")
         .args(["apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f"])
         .arg(harness::repo_root().join("manifests/install.yaml"))
