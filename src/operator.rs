@@ -31,7 +31,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::{
     apihealth::ApiHealth,
-    controller::{Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish},
+    controller::{
+        Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish, secrets::SecretCache,
+    },
     crd::{MtlsAuthority, MtlsIdentity},
     http::{self, Health},
     leader,
@@ -167,14 +169,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let (changed_tx, changed_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let reporter = Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
     let ctx = Arc::new(Context {
         client: client.clone(),
         api: api_health.clone(),
         namespace: config.namespace.clone(),
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter { controller: MANAGER.into(), instance: std::env::var("POD_NAME").ok() },
-        ),
+        recorder: Recorder::new(client.clone(), reporter.clone()),
+        reporter,
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
         reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
@@ -189,13 +190,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,
     // namespaces. Each is fed by exactly one of the streams below.
-    let (secret_store, secret_writer) = reflector::store::<PartialObjectMeta<Secret>>();
+    let secret_cache = Arc::new(SecretCache::default());
     let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
     let (bundle_ns_store, bundle_ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
     let caches = Arc::new(publish::Caches {
         namespaces: bundle_ns_store.clone(),
         configmaps: cm_store.clone(),
-        secrets: secret_store.clone(),
+        secrets: secret_cache.clone(),
     });
 
     // Authorities: their spec, the CA Secrets in the operator's namespace, their bundle
@@ -305,7 +306,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reflector::reflector(
             id_writer,
             watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
-                .modify(slim)
+                .modify(slim_identity)
                 .default_backoff()
                 .inspect_err(suspect(&api_health)),
         ),
@@ -314,19 +315,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Each (re)list of our Secrets: a Secret deleted while the watch was down shows up only as
     // missing from the new list, so identities whose Secret is missing are woken then.
     let (relisted_tx, relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let owned_secrets = reflector::reflector(
-        secret_writer,
-        watcher(
-            Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-            watcher::Config::default().labels(&managed_selector()),
-        )
-        .modify(slim),
+    let owned_secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default().labels(&managed_selector()),
     )
     .default_backoff()
     .inspect_err(suspect(&api_health))
-    .inspect(move |event| {
-        if matches!(event, Ok(watcher::Event::InitDone)) {
-            let _ = relisted_tx.send(());
+    .inspect({
+        let cache = secret_cache.clone();
+        move |event| {
+            if let Ok(event) = event {
+                cache.apply(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    let _ = relisted_tx.send(());
+                }
+            }
         }
     })
     .touched_objects();
@@ -350,7 +353,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         futures::stream::iter(refs)
     });
-    let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_store.clone() });
+    let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_cache.clone() });
     let identity_controller = Controller::for_stream(id_stream, id_store.clone())
         // Our own Secrets wake their identity, except for the echo of the operator's own write.
         .watches_stream(owned_secrets, {
@@ -376,14 +379,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
         .reconcile_on(authority_changes)
         .reconcile_on(UnboundedReceiverStream::new(relisted_rx).flat_map({
-            let (ids, secrets) = (id_store.clone(), secret_store.clone());
+            let (ids, secrets) = (id_store.clone(), secret_cache.clone());
             move |()| {
                 let missing: Vec<ObjectRef<MtlsIdentity>> = ids
                     .state()
                     .into_iter()
                     .filter(|i| {
                         let name = identity::secret_name(i);
-                        secrets.get(&ObjectRef::new(&name).within(&i.namespace().unwrap_or_default())).is_none()
+                        !secrets.contains(&i.namespace().unwrap_or_default(), &name)
                     })
                     .map(|i| ObjectRef::from_obj(&*i))
                     .collect();
@@ -410,12 +413,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let readiness = {
         let api_health = api_health.clone();
         let (a, i, n) = (auth_store.clone(), id_store.clone(), ns_store.clone());
-        let (s, c, b) = (secret_store.clone(), cm_store.clone(), bundle_ns_store.clone());
+        let (s, c, b) = (secret_cache.clone(), cm_store.clone(), bundle_ns_store.clone());
         async move {
+            s.wait_until_ready().await;
             if a.wait_until_ready().await.is_ok()
                 && i.wait_until_ready().await.is_ok()
                 && n.wait_until_ready().await.is_ok()
-                && s.wait_until_ready().await.is_ok()
                 && c.wait_until_ready().await.is_ok()
                 && b.wait_until_ready().await.is_ok()
             {
@@ -478,6 +481,21 @@ fn slim<K: kube::Resource>(obj: &mut K) {
     if let Some(a) = obj.meta_mut().annotations.as_mut() {
         a.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+}
+
+/// The identity cache keeps what the identity controller reads: spec, status, and of the metadata
+/// name, namespace, uid, generation, resourceVersion and deletionTimestamp. Labels, annotations,
+/// owner references and timestamps set by users or their tools are not kept (the Secret's labels
+/// and annotations come from `spec.secretTemplate`).
+fn slim_identity(id: &mut MtlsIdentity) {
+    let m = &mut id.metadata;
+    m.managed_fields = None;
+    m.labels = None;
+    m.annotations = None;
+    m.owner_references = None;
+    m.creation_timestamp = None;
+    m.generate_name = None;
+    m.self_link = None;
 }
 
 /// Reports a failed watch to the API health check (which then checks the API at once).

@@ -340,16 +340,22 @@ fn key_of(id: &MtlsIdentity) -> String {
 
 pub struct Stores {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
-    /// Secrets this operator manages (metadata only).
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Secrets this operator manages (a few facts each).
+    pub secrets: Arc<super::secrets::SecretCache>,
 }
 
 pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
     if id.meta().deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    // Wait for a slot (in arrival order); closed only if the process is going away.
+    // Wait for a slot (in arrival order); closed only if the process is going away. In a burst
+    // thousands of reconciles wait here at once, so the waiting future is kept small: the work
+    // itself (a future of several KiB) is allocated only once the slot is taken.
     let Ok(_slot) = ctx.reconcile_slots.acquire().await else { return Ok(Action::await_change()) };
+    Box::pin(reconcile_now(id, ctx.clone(), stores)).await
+}
+
+async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let ns = id.namespace().unwrap_or_default();
     let name = id.name_any();
@@ -395,7 +401,7 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let sname = secret_name(&id);
     // A never-issued identity whose Secret is not in our cache gets its Secret created without a
     // read first (a foreign Secret of that name makes the create fail, and is then read below).
-    let cached = stores.secrets.get(&ObjectRef::new(&sname).within(&ns)).is_some();
+    let cached = stores.secrets.contains(&ns, &sname);
     let existing = if cached || status.serial_number.is_some() {
         secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?
     } else {

@@ -5,6 +5,7 @@
 pub mod authority;
 pub mod identity;
 pub mod publish;
+pub mod secrets;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -16,7 +17,7 @@ use jiff::{Timestamp, Unit};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{
     Client,
-    runtime::events::{Event, EventType, Recorder},
+    runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
 pub use crate::bundle::Bundle;
@@ -58,7 +59,13 @@ pub struct Context {
     pub api: Arc<crate::apihealth::ApiHealth>,
     /// The operator's namespace: CA Secrets live here.
     pub namespace: String,
+    /// Publishes Warning Events: one recorder for the process, so that a problem repeated within
+    /// minutes folds into one Event series. Normal Events (one per real change, each with its own
+    /// message) each get a fresh recorder instead: a recorder keeps every Event it sent for six
+    /// minutes (~2 KiB each), which in a burst of 10,000 issuances was a large part of the
+    /// operator's memory and never folded anything.
     pub recorder: Recorder,
+    pub reporter: Reporter,
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     /// Identity reconciles doing API work at once (`--concurrency`). The semaphore is fair, so
@@ -160,10 +167,18 @@ impl Context {
         };
     }
 
-    /// Whether this Secret version is the one this process wrote last.
+    /// Whether this Secret version is the one this process wrote last. The record is used up by
+    /// the first match: it only has to outlive the round trip to the watch, and kept for every
+    /// Secret it would cost memory for nothing.
     pub fn is_own_write(&self, ns: &str, name: &str, resource_version: Option<&str>) -> bool {
-        let w = self.written_secrets.read().expect("secret map lock poisoned");
-        resource_version.is_some() && w.get(&format!("{ns}/{name}")).map(String::as_str) == resource_version
+        let Some(rv) = resource_version else { return false };
+        let key = format!("{ns}/{name}");
+        let mut w = self.written_secrets.write().expect("secret map lock poisoned");
+        if w.get(&key).map(String::as_str) == Some(rv) {
+            w.remove(&key);
+            return true;
+        }
+        false
     }
 
     /// Drops everything kept about a deleted identity: its metric series and bookkeeping.
@@ -222,7 +237,14 @@ impl Context {
             action: format!("{reason}-{digest}"),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
+        let fresh;
+        let recorder = if warning {
+            &self.recorder
+        } else {
+            fresh = Recorder::new(self.client.clone(), self.reporter.clone());
+            &fresh
+        };
+        if let Err(e) = recorder.publish(&ev, reference).await {
             tracing::warn!(error = %e, reason, "could not publish Event");
         }
     }

@@ -3,11 +3,14 @@
 //! operator's namespace, and counts who holds the current version. Reads come from watch caches;
 //! an unchanged bundle causes no write at all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use futures::{StreamExt, stream};
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Namespace, Secret},
+    api::core::v1::{ConfigMap, Namespace},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
 use kube::{
@@ -17,10 +20,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::{
-    ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, ANN_ISSUER, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY,
-    MANAGER,
-};
+use super::{ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, Context, LABEL_AUTHORITY, LABEL_MANAGED_BY, MANAGER};
 use crate::{bundle::Bundle, crd::MtlsAuthority, error::Error, policy};
 
 /// Marks the history copies kept in the operator's namespace.
@@ -35,8 +35,8 @@ pub struct Caches {
     pub namespaces: Store<PartialObjectMeta<Namespace>>,
     /// ConfigMaps labelled as managed by this operator.
     pub configmaps: Store<ConfigMap>,
-    /// Secrets labelled as managed by this operator, metadata only.
-    pub secrets: Store<PartialObjectMeta<Secret>>,
+    /// Secrets labelled as managed by this operator (a few facts each).
+    pub secrets: Arc<super::secrets::SecretCache>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -225,17 +225,10 @@ pub async fn publish(
     }
 
     // Identity Secrets of this authority (CA Secrets excluded) and the bundle they carry.
-    for s in caches.secrets.state() {
-        if s.labels().get(LABEL_AUTHORITY) == Some(&name) && !s.labels().contains_key(LABEL_CA_GENERATION) {
-            report.secrets_total += 1;
-            if s.annotations().get(ANN_BUNDLE_VERSION) == Some(&bundle.version.to_string()) {
-                report.secrets_up_to_date += 1;
-            }
-            if s.annotations().get(ANN_ISSUER).map(String::as_str) == Some(signer_fingerprint) {
-                report.secrets_signed += 1;
-            }
-        }
-    }
+    let rollout = caches.secrets.rollout(&name, bundle.version, signer_fingerprint);
+    report.secrets_total = rollout.total;
+    report.secrets_up_to_date = rollout.up_to_date;
+    report.secrets_signed = rollout.signed;
     ctx.metrics.set_bundle_rollout(&name, &report);
     Ok(report)
 }
