@@ -235,8 +235,12 @@ pub async fn reconcile(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches: &Cac
     let key = format!("authority/{}", auth.name_any());
     let result = reconcile_authority(auth, ctx.clone(), caches).await;
     if result.is_ok() {
-        // Backoff counts consecutive failures only.
-        ctx.clear_failures(&key);
+        // Backoff counts consecutive failures only. The last reported problem is kept: an
+        // authority that is Ready=False still reconciles "successfully", and forgetting what it
+        // reported let a second reconcile, starting from a cache that did not show the new status
+        // yet, publish the same Warning again (seen once in the bad-input test). Readiness
+        // changes are tracked by `note_problem` in `write_status_with`.
+        ctx.reset_failure_count(&key);
     }
     result
 }

@@ -201,6 +201,12 @@ impl Context {
         *n
     }
 
+    /// Resets the consecutive-failure count only (the backoff), keeping the last reported problem.
+    pub fn reset_failure_count(&self, key: &str) {
+        self.failures.write().expect("failure map lock poisoned").remove(key);
+    }
+
+    /// The object is healthy again: no failure count, no reported problem.
     pub fn clear_failures(&self, key: &str) {
         self.failures.write().expect("failure map lock poisoned").remove(key);
         self.reported.write().expect("report map lock poisoned").remove(key);
