@@ -179,6 +179,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
         reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
+        identities_in_flight: Default::default(),
+        identity_finished: Default::default(),
         authorities: RwLock::default(),
         authority_changed: changed_tx,
         failures: RwLock::default(),
@@ -301,8 +303,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
     // labels (for policy), and changes of their authority (signer, bundle, policy).
     let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
+    // Bulk wake-ups go through `paced`: at most this many identity reconciles in flight.
+    let bulk_limit = BULK_IN_FLIGHT_PER_SLOT * usize::from(config.concurrency.max(1));
+    let (initial_tx, initial_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MtlsIdentity>>();
     let id_stream = urgent_first(
         ctx.clone(),
+        initial_tx,
         reflector::reflector(
             id_writer,
             watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
@@ -353,6 +359,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .collect();
         futures::stream::iter(refs)
     });
+    let authority_changes = paced(ctx.clone(), bulk_limit, authority_changes);
     let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_cache.clone() });
     let identity_controller = Controller::for_stream(id_stream, id_store.clone())
         // Our own Secrets wake their identity, except for the echo of the operator's own write.
@@ -378,31 +385,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
         })
         .reconcile_on(authority_changes)
-        .reconcile_on(UnboundedReceiverStream::new(relisted_rx).flat_map({
-            let (ids, secrets) = (id_store.clone(), secret_cache.clone());
-            move |()| {
-                let missing: Vec<ObjectRef<MtlsIdentity>> = ids
-                    .state()
-                    .into_iter()
-                    .filter(|i| {
-                        let name = identity::secret_name(i);
-                        !secrets.contains(&i.namespace().unwrap_or_default(), &name)
-                    })
-                    .map(|i| ObjectRef::from_obj(&*i))
-                    .collect();
-                futures::stream::iter(missing)
-            }
-        }))
-        .reconcile_on(failed_since_outage(recovered_ids, ctx.clone(), "identity/", |key| {
-            key.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))
-        }))
+        .reconcile_on(paced(ctx.clone(), bulk_limit, UnboundedReceiverStream::new(initial_rx)))
+        .reconcile_on(paced(
+            ctx.clone(),
+            bulk_limit,
+            UnboundedReceiverStream::new(relisted_rx).flat_map({
+                let (ids, secrets) = (id_store.clone(), secret_cache.clone());
+                move |()| {
+                    let missing: Vec<ObjectRef<MtlsIdentity>> = ids
+                        .state()
+                        .into_iter()
+                        .filter(|i| {
+                            let name = identity::secret_name(i);
+                            !secrets.contains(&i.namespace().unwrap_or_default(), &name)
+                        })
+                        .map(|i| ObjectRef::from_obj(&*i))
+                        .collect();
+                    futures::stream::iter(missing)
+                }
+            }),
+        ))
+        .reconcile_on(paced(
+            ctx.clone(),
+            bulk_limit,
+            failed_since_outage(recovered_ids, ctx.clone(), "identity/", |key| {
+                key.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))
+            }),
+        ))
         // Concurrency is bounded by `ctx.reconcile_slots` (first come, first served) instead.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .graceful_shutdown_on(stopped())
         .run(
             move |id, ctx| {
                 let stores = stores.clone();
-                async move { identity::reconcile(id, ctx, &stores).await }
+                let in_flight = ctx.identity_started();
+                async move {
+                    let result = identity::reconcile(id, ctx, &stores).await;
+                    drop(in_flight);
+                    result
+                }
             },
             identity::error_policy,
             ctx.clone(),
@@ -498,6 +519,30 @@ fn slim_identity(id: &mut MtlsIdentity) {
     m.self_link = None;
 }
 
+/// Bulk wake-ups may have this many identity reconciles in flight per reconcile slot
+/// (`--concurrency`): enough that the slots never run dry, few enough that the controller's table
+/// of started reconciles stays small.
+const BULK_IN_FLIGHT_PER_SLOT: usize = 4;
+
+/// Lets bulk wake-ups through while fewer than `limit` identity reconciles are in flight (see
+/// `Context::room_for_bulk`). It yields to the executor before each item: the controller's
+/// scheduler takes every trigger that is ready before it starts any reconcile, so without the
+/// pause the whole bulk would pass before the count could change.
+fn paced(
+    ctx: Arc<Context>,
+    limit: usize,
+    refs: impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static,
+) -> impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static {
+    refs.then(move |r| {
+        let ctx = ctx.clone();
+        async move {
+            tokio::task::yield_now().await;
+            ctx.room_for_bulk(limit).await;
+            r
+        }
+    })
+}
+
 /// Reports a failed watch to the API health check (which then checks the API at once).
 fn suspect(health: &Arc<ApiHealth>) -> impl FnMut(&watcher::Error) + use<> {
     let health = health.clone();
@@ -527,11 +572,13 @@ where
     })
 }
 
-/// Like `applied_objects`, but hands over each initial list sorted by urgency (no certificate,
-/// expired, soonest to expire), so that after downtime the most urgent renewals happen first.
+/// Like `applied_objects`, but sends each initial list, sorted by urgency (no certificate,
+/// expired, soonest to expire), to `initial_list` (which is paced), so that after downtime the most
+/// urgent renewals happen first.
 /// Deleted identities are forgotten (metric series, bookkeeping).
 fn urgent_first(
     ctx: Arc<Context>,
+    initial_list: tokio::sync::mpsc::UnboundedSender<ObjectRef<MtlsIdentity>>,
     events: impl futures::Stream<Item = Result<watcher::Event<MtlsIdentity>, watcher::Error>>,
 ) -> impl futures::Stream<Item = Result<MtlsIdentity, watcher::Error>> {
     events
@@ -555,7 +602,11 @@ fn urgent_first(
                             .and_then(crate::controller::parse_rfc3339);
                         crate::schedule::catch_up_order(not_after)
                     });
-                    ids.into_iter().map(Ok).collect()
+                    // Paced (see `paced`), not handed to the controller all at once.
+                    for id in &ids {
+                        let _ = initial_list.send(ObjectRef::from_obj(id));
+                    }
+                    vec![]
                 }
                 Ok(watcher::Event::Apply(id)) => vec![Ok(id)],
                 Ok(watcher::Event::Delete(id)) => {

@@ -9,7 +9,10 @@ pub mod secrets;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -53,6 +56,17 @@ pub struct AuthorityState {
     pub bundle: Bundle,
 }
 
+/// One identity reconcile in flight (see [`Context::identity_started`]).
+pub struct InFlight(Arc<Context>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.identities_in_flight.fetch_sub(1, Ordering::Relaxed);
+        // A stored permit if nobody waits, so a waiter that checks later never misses it.
+        self.0.identity_finished.notify_one();
+    }
+}
+
 pub struct Context {
     pub client: Client,
     /// Readiness: synced caches and a reachable API.
@@ -73,6 +87,10 @@ pub struct Context {
     /// most urgent first after a restart); the controller itself runs unbounded, because its
     /// own queue hands out a backlog newest-first, which starved the middle of a large burst.
     pub reconcile_slots: tokio::sync::Semaphore,
+    /// Identity reconciles started by the controller and not finished (waiting for a slot or
+    /// running); see [`Context::room_for_bulk`].
+    pub identities_in_flight: AtomicUsize,
+    pub identity_finished: tokio::sync::Notify,
     pub authorities: RwLock<HashMap<String, Arc<AuthorityState>>>,
     /// Names of authorities whose signer, bundle or spec changed: their identities must be
     /// reconciled again.
@@ -142,6 +160,24 @@ impl Context {
         }
         w.insert(uid.to_string(), digest);
         true
+    }
+
+    /// Counts one identity reconcile as in flight until the returned guard is dropped. Taken
+    /// when the controller creates the reconcile (synchronously), so the count is exact.
+    pub fn identity_started(self: &Arc<Self>) -> InFlight {
+        self.identities_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Waits until fewer than `limit` identity reconciles are in flight. Bulk wake-ups (an
+    /// authority change, a relist, the initial list, recovery after an outage) can name every
+    /// identity at once; the controller runs unbounded (so that a backlog is served first come,
+    /// first served) and keeps each started reconcile in a table that grows to fit them all and
+    /// never shrinks: 10,000 at once cost ~17 MiB for good. Bulk wake-ups wait here instead.
+    pub async fn room_for_bulk(&self, limit: usize) {
+        while self.identities_in_flight.load(Ordering::Relaxed) >= limit {
+            self.identity_finished.notified().await;
+        }
     }
 
     /// The re-issue limiter of an authority, rebuilt when its rate changes.

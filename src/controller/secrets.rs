@@ -159,12 +159,12 @@ impl SecretCache {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+    use kube::core::PartialObjectMetaExt;
 
     use super::*;
 
     fn secret(ns: &str, name: &str, authority: &str, version: i64, issuer: &str) -> PartialObjectMeta<Secret> {
-        let mut s = PartialObjectMeta::<Secret>::default();
-        s.metadata = ObjectMeta {
+        ObjectMeta {
             name: Some(name.into()),
             namespace: Some(ns.into()),
             resource_version: Some("7".into()),
@@ -183,8 +183,8 @@ mod tests {
                 },
             ]),
             ..Default::default()
-        };
-        s
+        }
+        .into_response_partial()
     }
 
     #[test]
