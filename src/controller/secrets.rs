@@ -1,7 +1,7 @@
 //! The cache of the identity Secrets the operator manages, reduced to the few facts it reads:
-//! which identity owns each Secret, which authority and CA bundle version it carries, which CA
-//! signed its leaf, and its resourceVersion. A Secret's data is never cached (it is read from the
-//! API when its identity is reconciled).
+//! that each exists, which authority and CA bundle version it carries and which CA signed its
+//! leaf. A Secret's data is never cached (it is read from the API when its identity is
+//! reconciled); owner and resourceVersion are read from the watch event itself.
 //!
 //! A reflector store of `PartialObjectMeta<Secret>` held the same facts in ~2 KiB per Secret
 //! (two `BTreeMap`s of labels and annotations and an `ObjectMeta` each); at 10,000 identities
@@ -21,9 +21,6 @@ use super::{ANN_BUNDLE_VERSION, ANN_ISSUER, LABEL_AUTHORITY, LABEL_CA_GENERATION
 /// What is known about one managed Secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretFacts {
-    pub resource_version: Option<Box<str>>,
-    /// The `MtlsIdentity` holding the controller owner reference, if any.
-    pub owner: Option<Box<str>>,
     pub authority: Option<Arc<str>>,
     /// A CA Secret (labelled with its generation), not an identity's.
     pub ca: bool,
@@ -96,14 +93,7 @@ impl SecretCache {
     }
 
     fn facts(&self, s: &PartialObjectMeta<Secret>) -> SecretFacts {
-        let owner = s
-            .owner_references()
-            .iter()
-            .find(|o| o.controller == Some(true) && o.kind == "MtlsIdentity")
-            .map(|o| o.name.clone().into_boxed_str());
         SecretFacts {
-            resource_version: s.resource_version().map(String::into_boxed_str),
-            owner,
             authority: s.labels().get(LABEL_AUTHORITY).map(|a| self.intern(a)),
             ca: s.labels().contains_key(LABEL_CA_GENERATION),
             bundle_version: s.annotations().get(ANN_BUNDLE_VERSION).and_then(|v| v.parse().ok()),
@@ -123,7 +113,8 @@ impl SecretCache {
         new
     }
 
-    pub fn get(&self, namespace: &str, name: &str) -> Option<SecretFacts> {
+    #[cfg(test)]
+    fn get(&self, namespace: &str, name: &str) -> Option<SecretFacts> {
         self.state.read().expect("secret cache lock poisoned").secrets.get(&key(namespace, name)).cloned()
     }
 
@@ -202,8 +193,6 @@ mod tests {
         c.apply(&watcher::Event::Apply(ca));
 
         let one = c.get("a", "one").expect("cached");
-        assert_eq!(one.owner.as_deref(), Some("one-id"));
-        assert_eq!(one.resource_version.as_deref(), Some("7"));
         assert_eq!((one.authority.as_deref(), one.bundle_version, one.ca), (Some("corp"), Some(2), false));
         assert_eq!(c.rollout("corp", 2, "fp-new"), Rollout { total: 2, up_to_date: 1, signed: 1 });
         assert_eq!(c.rollout("other", 2, "fp-new"), Rollout { total: 1, up_to_date: 1, signed: 1 });
