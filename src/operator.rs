@@ -179,8 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
         reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
-        identities_in_flight: Default::default(),
-        identity_finished: Default::default(),
+        queue: crate::controller::queue::WorkQueue::new(IN_CONTROLLER_PER_SLOT * usize::from(config.concurrency.max(1))),
         authorities: RwLock::default(),
         authority_changed: changed_tx,
         failures: RwLock::default(),
@@ -301,14 +300,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .for_each(|_| future::ready(()));
 
     // Identities: their own spec, the Secrets they own (metadata only, label-filtered), namespace
-    // labels (for policy), and changes of their authority (signer, bundle, policy).
+    // labels (for policy), changes of their authority (signer, bundle, policy), relists and
+    // recovery after an outage. Every one of these only queues the identity (`ctx.queue`, first
+    // in, first out, with the renewal and retry timers); the controller's one trigger is the
+    // queue, which hands it no more than a bounded number at a time.
+    let queue = ctx.queue.clone();
     let (id_store, id_writer) = reflector::store::<MtlsIdentity>();
-    // Bulk wake-ups go through `paced`: at most this many identity reconciles in flight.
-    let bulk_limit = BULK_IN_FLIGHT_PER_SLOT * usize::from(config.concurrency.max(1));
-    let (initial_tx, initial_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<MtlsIdentity>>();
     let id_stream = urgent_first(
         ctx.clone(),
-        initial_tx,
         reflector::reflector(
             id_writer,
             watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
@@ -317,10 +316,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .inspect_err(suspect(&api_health)),
         ),
     )
-    .predicate_filter(predicates::generation, PredicateConfig::default());
+    .predicate_filter(predicates::generation, PredicateConfig::default())
+    .filter_map({
+        let queue = queue.clone();
+        move |event| {
+            future::ready(match event {
+                Ok(id) => {
+                    queue.push(&id.namespace().unwrap_or_default(), &id.name_any());
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            })
+        }
+    });
     // Each (re)list of our Secrets: a Secret deleted while the watch was down shows up only as
-    // missing from the new list, so identities whose Secret is missing are woken then.
-    let (relisted_tx, relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    // missing from the new list, so identities whose Secret is missing are queued then.
+    let (relisted_tx, mut relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let owned_secrets = watcher(
         Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().labels(&managed_selector()),
@@ -348,80 +359,80 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .inspect_err(suspect(&api_health))
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
-    let by_namespace = id_store.clone();
-    let by_authority = id_store.clone();
-    let authority_changes = UnboundedReceiverStream::new(changed_rx).flat_map(move |auth_name| {
-        let refs: Vec<ObjectRef<MtlsIdentity>> = by_authority
-            .state()
-            .into_iter()
-            .filter(|i| i.spec.authority_ref == auth_name)
-            .map(|i| ObjectRef::from_obj(&*i))
-            .collect();
-        futures::stream::iter(refs)
-    });
-    let authority_changes = paced(ctx.clone(), bulk_limit, authority_changes);
+    // Bulk wake-ups walk the identity cache and queue what they name; nothing is collected.
+    let wake = {
+        let (ids, queue) = (id_store.clone(), queue.clone());
+        move |which: &dyn Fn(&MtlsIdentity) -> bool| {
+            for i in ids.state().iter().filter(|i| which(i)) {
+                queue.push(&i.namespace().unwrap_or_default(), &i.name_any());
+            }
+        }
+    };
+    let bulk_wakeups = {
+        let (wake, secrets, ctx, mut stop) = (wake.clone(), secret_cache.clone(), ctx.clone(), stop_rx.clone());
+        let mut changed_rx = changed_rx;
+        let mut recovered_ids = recovered_ids;
+        async move {
+            loop {
+                tokio::select! {
+                    Some(auth_name) = changed_rx.recv() => wake(&|i| i.spec.authority_ref == auth_name),
+                    Some(()) = relisted_rx.recv() => wake(&|i| {
+                        !secrets.contains(&i.namespace().unwrap_or_default(), &identity::secret_name(i))
+                    }),
+                    Some(()) = recovered_ids.recv() => {
+                        let failed: Vec<String> =
+                            ctx.failures.read().expect("failure map lock poisoned").keys().cloned().collect();
+                        for (ns, name) in failed.iter().filter_map(|k| k.strip_prefix("identity/")?.split_once('/')) {
+                            ctx.queue.push(ns, name);
+                        }
+                    }
+                    _ = stop.wait_for(|s| *s) => break,
+                    else => break,
+                }
+            }
+        }
+    };
+    let timers = {
+        let (queue, mut stop) = (queue.clone(), stop_rx.clone());
+        async move {
+            tokio::select! {
+                _ = queue.run_timers() => {}
+                _ = stop.wait_for(|s| *s) => {}
+            }
+        }
+    };
     let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secret_cache.clone() });
     let identity_controller = Controller::for_stream(id_stream, id_store.clone())
-        // Our own Secrets wake their identity, except for the echo of the operator's own write.
+        // Our own Secrets queue their identity, except for the echo of the operator's own write.
         .watches_stream(owned_secrets, {
             let ctx = ctx.clone();
             move |s: PartialObjectMeta<Secret>| {
                 let ns = s.namespace().unwrap_or_default();
                 if ctx.is_own_write(&ns, &s.name_any(), s.resource_version().as_deref()) {
-                    return None;
+                    return None::<ObjectRef<MtlsIdentity>>;
                 }
                 let owner =
                     s.owner_references().iter().find(|o| o.controller == Some(true) && o.kind == "MtlsIdentity")?;
-                Some(ObjectRef::<MtlsIdentity>::new(&owner.name).within(&ns))
+                ctx.queue.push(&ns, &owner.name);
+                None
             }
         })
         .watches_stream(namespaces, move |ns: PartialObjectMeta<Namespace>| {
             let ns = ns.name_any();
-            by_namespace
-                .state()
-                .into_iter()
-                .filter(|i| i.namespace().as_deref() == Some(ns.as_str()))
-                .map(|i| ObjectRef::from_obj(&*i))
-                .collect::<Vec<_>>()
+            wake(&|i| i.namespace().as_deref() == Some(ns.as_str()));
+            None::<ObjectRef<MtlsIdentity>>
         })
-        .reconcile_on(authority_changes)
-        .reconcile_on(paced(ctx.clone(), bulk_limit, UnboundedReceiverStream::new(initial_rx)))
-        .reconcile_on(paced(
-            ctx.clone(),
-            bulk_limit,
-            UnboundedReceiverStream::new(relisted_rx).flat_map({
-                let (ids, secrets) = (id_store.clone(), secret_cache.clone());
-                move |()| {
-                    let missing: Vec<ObjectRef<MtlsIdentity>> = ids
-                        .state()
-                        .into_iter()
-                        .filter(|i| {
-                            let name = identity::secret_name(i);
-                            !secrets.contains(&i.namespace().unwrap_or_default(), &name)
-                        })
-                        .map(|i| ObjectRef::from_obj(&*i))
-                        .collect();
-                    futures::stream::iter(missing)
-                }
-            }),
-        ))
-        .reconcile_on(paced(
-            ctx.clone(),
-            bulk_limit,
-            failed_since_outage(recovered_ids, ctx.clone(), "identity/", |key| {
-                key.split_once('/').map(|(ns, name)| ObjectRef::new(name).within(ns))
-            }),
-        ))
-        // Concurrency is bounded by `ctx.reconcile_slots` (first come, first served) instead.
+        .reconcile_on(queue.clone().handed_out())
+        // The queue bounds what the controller holds; `ctx.reconcile_slots` bounds API work.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .graceful_shutdown_on(stopped())
         .run(
             move |id, ctx| {
                 let stores = stores.clone();
-                let in_flight = ctx.identity_started();
+                let running = ctx.queue.started(&id.namespace().unwrap_or_default(), &id.name_any());
                 async move {
                     let result = identity::reconcile(id, ctx, &stores).await;
-                    drop(in_flight);
+                    drop(running);
                     result
                 }
             },
@@ -470,7 +481,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // Once asked to stop, in-flight reconciles get a few seconds to finish; then the process
     // exits regardless (well inside the default 30 s termination grace period).
-    let controllers = async { tokio::join!(authority_controller, identity_controller, readiness, leadership) };
+    let controllers =
+        async { tokio::join!(authority_controller, identity_controller, bulk_wakeups, timers, readiness, leadership) };
     let deadline = {
         let mut stop = stop_rx.clone();
         async move {
@@ -519,29 +531,10 @@ fn slim_identity(id: &mut MtlsIdentity) {
     m.self_link = None;
 }
 
-/// Bulk wake-ups may have this many identity reconciles in flight per reconcile slot
-/// (`--concurrency`): enough that the slots never run dry, few enough that the controller's table
-/// of started reconciles stays small.
-const BULK_IN_FLIGHT_PER_SLOT: usize = 4;
-
-/// Lets bulk wake-ups through while fewer than `limit` identity reconciles are in flight (see
-/// `Context::room_for_bulk`). It yields to the executor before each item: the controller's
-/// scheduler takes every trigger that is ready before it starts any reconcile, so without the
-/// pause the whole bulk would pass before the count could change.
-fn paced(
-    ctx: Arc<Context>,
-    limit: usize,
-    refs: impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static,
-) -> impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static {
-    refs.then(move |r| {
-        let ctx = ctx.clone();
-        async move {
-            tokio::task::yield_now().await;
-            ctx.room_for_bulk(limit).await;
-            r
-        }
-    })
-}
+/// The work queue lets the controller hold this many identity reconciles per reconcile slot
+/// (`--concurrency`): enough that a slot never waits for the queue, few enough that the controller
+/// keeps little and a backlog stays in the queue's order.
+const IN_CONTROLLER_PER_SLOT: usize = 2;
 
 /// Reports a failed watch to the API health check (which then checks the API at once).
 fn suspect(health: &Arc<ApiHealth>) -> impl FnMut(&watcher::Error) + use<> {
@@ -572,25 +565,23 @@ where
     })
 }
 
-/// Like `applied_objects`, but sends each initial list, sorted by urgency (no certificate,
-/// expired, soonest to expire), to `initial_list` (which is paced), so that after downtime the most
-/// urgent renewals happen first.
-/// Deleted identities are forgotten (metric series, bookkeeping).
+/// Like `applied_objects`, but queues each initial list itself, sorted by urgency (no certificate,
+/// expired, soonest to expire), so that after downtime the most urgent renewals happen first.
+/// Deleted identities are forgotten (metric series, bookkeeping, queue and timer).
 fn urgent_first(
     ctx: Arc<Context>,
-    initial_list: tokio::sync::mpsc::UnboundedSender<ObjectRef<MtlsIdentity>>,
     events: impl futures::Stream<Item = Result<watcher::Event<MtlsIdentity>, watcher::Error>>,
 ) -> impl futures::Stream<Item = Result<MtlsIdentity, watcher::Error>> {
     events
         .scan(Vec::new(), move |initial: &mut Vec<MtlsIdentity>, event| {
-            let out: Vec<Result<MtlsIdentity, watcher::Error>> = match event {
+            let out: Option<Result<MtlsIdentity, watcher::Error>> = match event {
                 Ok(watcher::Event::Init) => {
                     initial.clear();
-                    vec![]
+                    None
                 }
                 Ok(watcher::Event::InitApply(id)) => {
                     initial.push(id);
-                    vec![]
+                    None
                 }
                 Ok(watcher::Event::InitDone) => {
                     let mut ids = std::mem::take(initial);
@@ -602,22 +593,21 @@ fn urgent_first(
                             .and_then(crate::controller::parse_rfc3339);
                         crate::schedule::catch_up_order(not_after)
                     });
-                    // Paced (see `paced`), not handed to the controller all at once.
                     for id in &ids {
-                        let _ = initial_list.send(ObjectRef::from_obj(id));
+                        ctx.queue.push(&id.namespace().unwrap_or_default(), &id.name_any());
                     }
-                    vec![]
+                    None
                 }
-                Ok(watcher::Event::Apply(id)) => vec![Ok(id)],
+                Ok(watcher::Event::Apply(id)) => Some(Ok(id)),
                 Ok(watcher::Event::Delete(id)) => {
                     ctx.forget_identity(&id);
-                    vec![]
+                    None
                 }
-                Err(e) => vec![Err(e)],
+                Err(e) => Some(Err(e)),
             };
-            future::ready(Some(futures::stream::iter(out)))
+            future::ready(Some(out))
         })
-        .flatten()
+        .filter_map(future::ready)
 }
 
 /// Resolves on SIGTERM (what kubelet sends) or Ctrl-C.

@@ -474,7 +474,8 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
                     return not_ready(&id, &ctx, &status, p, now).await;
                 }
                 // Ours after all (the cache lagged): look again.
-                return Ok(Action::requeue(Duration::from_millis(100)));
+                ctx.queue.schedule(&ns, &name, Duration::from_millis(100));
+                return Ok(Action::await_change());
             }
             Err(e) => return Err(Error::kube("creating identity Secret")(e)),
         },
@@ -539,10 +540,12 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         }
         None => {}
     }
-    // Wake exactly at the renewal time; nothing polls.
+    // Wake exactly at the renewal time; nothing polls. The work queue keeps the timer (see
+    // `queue`), so every identity reconcile is started from there.
     let wait = current.renewal_time.duration_since(Timestamp::now());
     let wait = if wait.is_positive() { wait.unsigned_abs() } else { Duration::ZERO };
-    Ok(Action::requeue(wait.max(Duration::from_millis(100))))
+    ctx.queue.schedule(&ns, &name, wait.max(Duration::from_millis(100)));
+    Ok(Action::await_change())
 }
 
 async fn patch_status(
@@ -607,6 +610,7 @@ pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Ac
         .map(|d| d.unsigned_abs());
     let delay = if err.is_conflict() { Duration::from_millis(200) } else { super::retry_backoff(n, remaining) };
     tracing::warn!(identity = %key, error = %err, failures = n, retry_in = ?delay, "identity reconcile failed");
+    ctx.queue.schedule(&id.namespace().unwrap_or_default(), &id.name_any(), delay);
     // Record the failure in status where the API lets us (it may be the API that is failing).
     if !err.is_conflict() && ctx.api.is_reachable() {
         let api: Api<MtlsIdentity> = Api::namespaced(ctx.client.clone(), &id.namespace().unwrap_or_default());
@@ -617,5 +621,5 @@ pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Ac
             let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(patch)).await;
         });
     }
-    Action::requeue(delay)
+    Action::await_change()
 }

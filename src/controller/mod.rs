@@ -5,14 +5,12 @@
 pub mod authority;
 pub mod identity;
 pub mod publish;
+pub mod queue;
 pub mod secrets;
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{
-        Arc, RwLock,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -56,17 +54,6 @@ pub struct AuthorityState {
     pub bundle: Bundle,
 }
 
-/// One identity reconcile in flight (see [`Context::identity_started`]).
-pub struct InFlight(Arc<Context>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.identities_in_flight.fetch_sub(1, Ordering::Relaxed);
-        // A stored permit if nobody waits, so a waiter that checks later never misses it.
-        self.0.identity_finished.notify_one();
-    }
-}
-
 pub struct Context {
     pub client: Client,
     /// Readiness: synced caches and a reachable API.
@@ -83,14 +70,11 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub limiter: RateLimiter,
     /// Identity reconciles doing API work at once (`--concurrency`). The semaphore is fair, so
-    /// under a backlog identities are served in the order they were queued (creation order, or
-    /// most urgent first after a restart); the controller itself runs unbounded, because its
-    /// own queue hands out a backlog newest-first, which starved the middle of a large burst.
+    /// the few more that the work queue hands out wait in the order they were handed out.
     pub reconcile_slots: tokio::sync::Semaphore,
-    /// Identity reconciles started by the controller and not finished (waiting for a slot or
-    /// running); see [`Context::room_for_bulk`].
-    pub identities_in_flight: AtomicUsize,
-    pub identity_finished: tokio::sync::Notify,
+    /// Every reason to reconcile an identity, first in, first out, and its next renewal or retry
+    /// (see `queue`): the identity controller's only trigger.
+    pub queue: Arc<queue::WorkQueue>,
     pub authorities: RwLock<HashMap<String, Arc<AuthorityState>>>,
     /// Names of authorities whose signer, bundle or spec changed: their identities must be
     /// reconciled again.
@@ -162,25 +146,6 @@ impl Context {
         true
     }
 
-    /// Counts one identity reconcile as in flight until the returned guard is dropped. Taken
-    /// when the controller creates the reconcile (synchronously), so the count is exact.
-    pub fn identity_started(self: &Arc<Self>) -> InFlight {
-        self.identities_in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// Waits until fewer than `limit` identity reconciles are in flight. Bulk wake-ups (an
-    /// authority change, a relist, the initial list, recovery after an outage) can name every
-    /// identity at once; the controller runs unbounded (so that a backlog is served first come,
-    /// first served) and keeps each started reconcile in a table that grows to fit them all.
-    /// Bulk wake-ups wait here instead, which bounds that table. (It did not lower the operator's
-    /// peak RSS during a rotation of 10,000 identities, 75 MiB before and after; see BENCHMARKS.)
-    pub async fn room_for_bulk(&self, limit: usize) {
-        while self.identities_in_flight.load(Ordering::Relaxed) >= limit {
-            self.identity_finished.notified().await;
-        }
-    }
-
     /// The re-issue limiter of an authority, rebuilt when its rate changes.
     pub fn reissue_limiter(&self, authority: &str, rate: u32) -> Arc<RateLimiter> {
         if let Some((r, l)) = self.reissue_limiters.read().expect("limiter map lock poisoned").get(authority) {
@@ -223,6 +188,7 @@ impl Context {
         use kube::ResourceExt;
         let (ns, name) = (id.namespace().unwrap_or_default(), id.name_any());
         self.metrics.forget_identity(&ns, &name);
+        self.queue.forget(&ns, &name);
         self.wrote_secret(&ns, &identity::secret_name(id), None);
         self.written_status.write().expect("status map lock poisoned").remove(&id.uid().unwrap_or_default());
         let key = format!("identity/{ns}/{name}");
