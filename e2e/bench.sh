@@ -14,6 +14,9 @@
 # The scale benchmark (each part behind its own flag; see e2e/bench/issuance.rs):
 #   e2e/bench.sh --identities 10000 --namespaces 100 --unrelated-secrets 50000 --idle 60 --rotation --ceiling \
 #       --chart bench-results/scale-10000.png
+# Profiling: MTLS_BENCH_CARGO_FLAGS=--no-default-features builds the operator with glibc's malloc
+# instead of jemalloc, and MTLS_BENCH_WRAPPER="heaptrack -o target/bench-logs/heap" starts it under
+# heaptrack (see BENCHMARKS.md, "Profiling the heap").
 # MTLS_BENCH_KEEP_CLUSTER=1 leaves the control plane up afterwards, so that the next run reuses the
 # unrelated Secrets instead of creating them again (e2e/cluster.sh down with the same
 # MTLS_E2E_DIR takes it down).
@@ -29,7 +32,7 @@ bin=$(e2e/build-k8s.sh)
 export PATH="$bin:$PATH"
 
 # Compile first, so the control plane does not idle (or time out) during a cold release build.
-cargo bench --locked --bench issuance --no-run
+cargo bench --locked ${MTLS_BENCH_CARGO_FLAGS:-} --bench issuance --no-run
 
 down() {
   local rc=$?
@@ -46,5 +49,5 @@ e2e/cluster.sh up
 export MTLS_E2E_KUBECONFIG="$MTLS_E2E_DIR/kubeconfig"
 mkdir -p target/bench-logs
 out="target/bench-logs/bench-$(date -u +%Y%m%dT%H%M%SZ).txt"
-cargo bench --locked --bench issuance -- "$@" 2>&1 | tee "$out"
+cargo bench --locked ${MTLS_BENCH_CARGO_FLAGS:-} --bench issuance -- "$@" 2>&1 | tee "$out"
 echo "saved to $out" >&2

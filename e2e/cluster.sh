@@ -10,6 +10,9 @@
 #   e2e/cluster.sh env     print `export KUBECONFIG=...`
 #   e2e/cluster.sh stop-apiserver|start-apiserver   stop/start kube-apiserver and etcd (fault tests)
 #   e2e/cluster.sh stop-etcd|start-etcd             stop/start etcd alone (fault tests)
+#
+# MTLS_E2E_APISERVER_ARGS adds kube-apiserver flags, e.g. "--profiling=true" to read its CPU
+# profile from /debug/pprof/profile (the later flag wins).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -103,7 +106,7 @@ start_apiserver() {
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode RBAC --client-ca-file "$p/ca.crt" \
     --service-account-issuer https://kubernetes.default.svc.cluster.local \
     --service-account-key-file "$p/sa.pub" --service-account-signing-key-file "$p/sa.key" \
-    --disable-admission-plugins ServiceAccount --profiling=false --v=0 \
+    --disable-admission-plugins ServiceAccount --profiling=false --v=0 ${MTLS_E2E_APISERVER_ARGS:-} \
     > "$dir/kube-apiserver.log" 2>&1 &
   echo $! > "$dir/kube-apiserver.pid"
 }

@@ -79,10 +79,14 @@ fn init_tracing(format: LogFormat) {
 /// 86 MiB with a single arena, 58 MiB with jemalloc configured below, at the same throughput and
 /// operator CPU. One arena, no thread caches, and freed pages returned within about a second:
 /// the operator spends little time in the allocator, so this costs nothing measurable.
+/// (Built without the default `jemalloc` feature, the operator uses glibc's malloc: that is for
+/// heap profilers such as heaptrack, which only see glibc's allocations.)
+#[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options (read at its first allocation); `_RJEM_MALLOC_CONF` can override them.
+#[cfg(feature = "jemalloc")]
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
 pub static malloc_conf: &[u8] = b"narenas:1,tcache:false,dirty_decay_ms:1000,muzzy_decay_ms:0\0";

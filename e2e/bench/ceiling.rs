@@ -47,6 +47,8 @@ pub struct Ceiling {
     pub calls: Vec<Duration>,
     /// Bytes of data in each Secret.
     pub bytes: usize,
+    /// CPU used while the creates ran, by process.
+    pub cpu: String,
 }
 
 /// Creates `n` Secrets like `template` named `<name(i)>` in `namespaces` namespaces, `concurrency`
@@ -74,6 +76,8 @@ pub async fn run(
     let base = from_template(template);
     let bytes = base.data.as_ref().map(|d| d.values().map(|v| v.0.len()).sum()).unwrap_or(0);
     let apis: Vec<Api<Secret>> = (0..namespaces).map(|j| Api::namespaced(client.clone(), &namespace_name(j))).collect();
+    let procs = super::watched_processes(0);
+    let cpu_before = super::CpuSample::take(&procs);
     let t0 = Instant::now();
     let results: Vec<(Instant, Instant, kube::Result<Secret>)> = futures::stream::iter(0..n)
         .map(|i| {
@@ -89,6 +93,7 @@ pub async fn run(
         .buffer_unordered(concurrency)
         .collect()
         .await;
+    let cpu = super::CpuSample::take(&procs).describe_since(&cpu_before);
     let failed: Vec<String> = results.iter().filter_map(|(_, _, r)| r.as_ref().err().map(|e| e.to_string())).collect();
     if !failed.is_empty() {
         bail!("{} of {n} ceiling creates failed, e.g. {}", failed.len(), failed[0]);
@@ -96,5 +101,5 @@ pub async fn run(
     let last = results.iter().map(|(_, d, _)| *d).max().unwrap_or(t0);
     let mut done_s: Vec<f64> = results.iter().map(|(_, d, _)| (*d - t0).as_secs_f64()).collect();
     done_s.sort_by(f64::total_cmp);
-    Ok(Ceiling { n, wall: last - t0, done_s, calls: results.iter().map(|(s, d, _)| *d - *s).collect(), bytes })
+    Ok(Ceiling { n, wall: last - t0, done_s, calls: results.iter().map(|(s, d, _)| *d - *s).collect(), bytes, cpu })
 }

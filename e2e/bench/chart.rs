@@ -26,6 +26,9 @@ pub struct ChartData {
     pub identities: Vec<(f64, f64)>,
     /// The ceiling's create calls: when each was answered, seconds after the first started, sorted.
     pub ceiling_done_s: Option<Vec<f64>>,
+    /// The contract floor's last step (every request of an issuance, by a plain client): when each
+    /// object's last request was answered, seconds after the first started, sorted.
+    pub floor_done_s: Option<Vec<f64>>,
     /// The operator over the whole run: (seconds after it started, VmRSS MiB, CPU % of one core).
     pub operator: Vec<(f64, f64, f64)>,
     /// The run's phases, seconds after the operator started: (name, start, end).
@@ -79,6 +82,7 @@ fn draw_inner(path: &Path, d: &ChartData) -> DrawResult {
 const READY: RGBColor = RGBColor(31, 119, 180);
 const CREATED: RGBColor = RGBColor(150, 150, 150);
 const CEILING: RGBColor = RGBColor(44, 160, 44);
+const FLOOR: RGBColor = RGBColor(148, 103, 189);
 const RSS: RGBColor = RGBColor(214, 39, 40);
 const CPU: RGBColor = RGBColor(255, 127, 14);
 
@@ -96,9 +100,10 @@ fn throughput(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, d: &Cha
     created.sort_by(f64::total_cmp);
     let wall = ready.last().copied().unwrap_or(1.0);
     let ceiling_wall = d.ceiling_done_s.as_ref().and_then(|c| c.last().copied()).unwrap_or(0.0);
-    let x_max = wall.max(ceiling_wall) * 1.05;
+    let floor_wall = d.floor_done_s.as_ref().and_then(|c| c.last().copied()).unwrap_or(0.0);
+    let x_max = wall.max(ceiling_wall).max(floor_wall) * 1.05;
     let mut chart = ChartBuilder::on(area)
-        .caption("Throughput: identities Ready over time, against the ceiling", ("sans-serif", 20))
+        .caption("Throughput: identities Ready over time, against the ceiling and the floor", ("sans-serif", 20))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
@@ -123,6 +128,15 @@ fn throughput(area: &DrawingArea<BitMapBackend, plotters::coord::Shift>, d: &Cha
             .draw_series(LineSeries::new(cumulative(c), CEILING.stroke_width(3)))?
             .label(format!("ceiling: plain client creates {} Secrets in {ceiling_wall:.1} s", c.len()))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], CEILING.stroke_width(3)));
+    }
+    if let Some(f) = &d.floor_done_s {
+        chart
+            .draw_series(LineSeries::new(cumulative(f), FLOOR.stroke_width(3)))?
+            .label(format!(
+                "contract floor: plain client makes every request of {} issuances in {floor_wall:.1} s",
+                f.len()
+            ))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], FLOOR.stroke_width(3)));
     }
     chart
         .configure_series_labels()

@@ -53,6 +53,7 @@ use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
 
 mod ceiling;
 mod chart;
+mod floor;
 mod procstat;
 mod rotation;
 mod unrelated;
@@ -66,7 +67,7 @@ const USAGE: &str = "usage: cargo bench --bench issuance -- [--identities N] [--
                      [--rate PER_SECOND] [--timeout SECONDS] [--authority NAME] \
                      [--unrelated-secrets U] [--unrelated-namespaces K] [--unrelated-concurrency C] \
                      [--idle SECONDS] [--rotation] [--propagation-delay 5s] [--reissue-rate R] \
-                     [--ceiling] [--chart PATH.png]";
+                     [--ceiling] [--floor] [--floor-concurrency C] [--chart PATH.png]";
 /// Name of the trust bundle ConfigMap the benchmark's authority publishes to its namespaces.
 const BUNDLE_CONFIGMAP: &str = "bench-bundle";
 
@@ -88,6 +89,10 @@ struct Args {
     propagation_delay: String,
     reissue_rate: u32,
     ceiling: bool,
+    /// The contract floor (see floor.rs), operator stopped.
+    floor: bool,
+    /// Objects in flight in the floor's steps (default 4 x concurrency).
+    floor_concurrency: Option<usize>,
     /// Where to copy the chart (it is always written under target/bench-logs/).
     chart: Option<PathBuf>,
 }
@@ -109,6 +114,8 @@ impl Args {
             propagation_delay: "5s".into(),
             reissue_rate: 1000,
             ceiling: false,
+            floor: false,
+            floor_concurrency: None,
             chart: None,
         };
         let mut it = std::env::args().skip(1);
@@ -147,6 +154,8 @@ impl Args {
                 "--propagation-delay" => a.propagation_delay = value(&flag)?,
                 "--reissue-rate" => a.reissue_rate = number(&flag, value(&flag)?)? as u32,
                 "--ceiling" => a.ceiling = true,
+                "--floor" => a.floor = true,
+                "--floor-concurrency" => a.floor_concurrency = Some(number(&flag, value(&flag)?)?),
                 "--chart" => a.chart = Some(PathBuf::from(value(&flag)?)),
                 "-h" | "--help" => {
                     println!("{USAGE}");
@@ -362,6 +371,8 @@ async fn remove_leftover_namespaces(client: &Client) -> anyhow::Result<()> {
 
 struct Operator {
     child: Child,
+    /// The operator's own process (not a wrapper's).
+    pid: u32,
     url: String,
     log: PathBuf,
     /// When the process was started.
@@ -383,7 +394,21 @@ impl Operator {
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ");
         let log = dir.join(format!("operator-{stamp}-{port}.log"));
         let out = std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
+        // MTLS_BENCH_WRAPPER runs the operator under another program, e.g. a heap profiler:
+        // `MTLS_BENCH_WRAPPER="heaptrack -o target/bench-logs/heap"`. RSS and CPU are still
+        // those of the operator's own process, found among the wrapper's descendants.
+        let wrapper: Vec<String> =
+            std::env::var("MTLS_BENCH_WRAPPER").unwrap_or_default().split_whitespace().map(String::from).collect();
+        let operator_bin = env!("CARGO_BIN_EXE_mtls-operator");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(operator_bin);
+                c
+            }
+            None => Command::new(operator_bin),
+        };
+        let child = command
             .args([
                 "run",
                 "--namespace",
@@ -400,8 +425,15 @@ impl Operator {
             .stderr(out)
             .spawn()
             .context("starting the operator binary")?;
-        let sampler = Sampler::start(child.id(), Duration::from_millis(250));
-        let mut op = Operator { child, url: format!("http://127.0.0.1:{port}"), log, started: Instant::now(), sampler };
+        let pid = if wrapper.is_empty() {
+            child.id()
+        } else {
+            procstat::find_process(child.id(), Path::new(operator_bin), Duration::from_secs(10))
+                .context("the operator process did not appear under MTLS_BENCH_WRAPPER")?
+        };
+        let sampler = Sampler::start(pid, Duration::from_millis(250));
+        let mut op =
+            Operator { child, pid, url: format!("http://127.0.0.1:{port}"), log, started: Instant::now(), sampler };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok((200, _)) = http_get(&format!("{}/readyz", op.url)).await {
@@ -630,6 +662,8 @@ struct Outcome {
     rotation: Option<(rotation::Rotation, ApiDelta)>,
     /// One of the operator's identity Secrets, the model for the ceiling's.
     template: Option<Secret>,
+    /// Its identity, whose status the floor writes.
+    identity_template: Option<MtlsIdentity>,
     phases: Vec<PhaseUse>,
 }
 
@@ -692,7 +726,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     // The ceiling, with the operator stopped: a plain client against the same API server.
     let ceiling = match (&result, &outcome.template) {
-        (Ok(()), Some(template)) => {
+        (Ok(()), Some(template)) if args.ceiling => {
             let m = args.namespaces.min(args.identities);
             println!();
             println!(
@@ -720,20 +754,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     distribution(c.calls.clone())
                 );
                 println!("  API server requests: {}", after.since(&before).busiest(4).join("; "));
+                println!("  CPU:              {}", c.cpu);
             }
             Some(c)
+        }
+        _ => None,
+    };
+    // The contract floor, operator still stopped: the requests an issuance needs, by a plain client.
+    let floor = match (&result, &outcome.template, &outcome.identity_template) {
+        (Ok(()), Some(secret), Some(identity)) if args.floor => {
+            let m = args.namespaces.min(args.identities);
+            println!();
+            let c = args.floor_concurrency.unwrap_or(4 * args.concurrency);
+            println!(
+                "floor: a plain client makes the requests of {} issuances, {c} in flight, in cumulative steps (operator stopped) ...",
+                args.identities
+            );
+            Some(
+                floor::run(
+                    &client,
+                    identity,
+                    secret,
+                    &args.authority,
+                    args.identities,
+                    m,
+                    c,
+                    serde_json::json!({BENCH_LABEL: "true"}),
+                )
+                .await,
+            )
         }
         _ => None,
     };
     let cleaned = cleanup(&client, &args).await;
     result?;
     let ceiling = ceiling.transpose().context("the ceiling run")?;
-    summary(&args, &machine, unrelated.as_ref(), &outcome, ceiling.as_ref());
+    let floor = floor.transpose().context("the floor run")?;
+    summary(&args, &machine, unrelated.as_ref(), &outcome, ceiling.as_ref(), floor.as_deref());
     if let Some(issuance) = &outcome.issuance {
         let path = repo_root()
             .join("target/bench-logs")
             .join(format!("chart-{}.png", jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ")));
-        let data = chart_data(&args, &outcome, issuance, ceiling.as_ref(), &samples, operator.started);
+        let data =
+            chart_data(&args, &outcome, issuance, ceiling.as_ref(), floor.as_deref(), &samples, operator.started);
         match chart::draw(&path, &data) {
             Ok(()) => {
                 println!("chart:            {}", path.display());
@@ -763,7 +826,7 @@ async fn phases(
     if let Some(window) = args.idle {
         println!();
         println!("idle: {} s with no changes ...", window.as_secs());
-        let procs = watched_processes(operator.child.id());
+        let procs = watched_processes(operator.pid);
         let api_before = ApiRequests::scrape(client).await;
         let cpu_before = CpuSample::take(&procs);
         let start = PhaseStart::begin(&operator.sampler, "idle");
@@ -796,7 +859,7 @@ async fn phases(
             "rotation: a full CA rotation of {} identities (propagationDelay {}, reissueRate {}) ...",
             args.identities, args.propagation_delay, args.reissue_rate
         );
-        let procs = watched_processes(operator.child.id());
+        let procs = watched_processes(operator.pid);
         let api_before = ApiRequests::scrape(client).await;
         let cpu_before = CpuSample::take(&procs);
         let start = PhaseStart::begin(&operator.sampler, "rotation");
@@ -837,10 +900,14 @@ async fn phases(
         }
         out.rotation = Some((r, api));
     }
-    if args.ceiling {
+    if args.ceiling || args.floor {
         let api: Api<Secret> = Api::namespaced(client.clone(), &namespace_name(0));
         let name = format!("{}-mtls", identity_name(0));
         out.template = Some(api.get(&name).await.with_context(|| format!("reading {name}, the ceiling's model"))?);
+        let api: Api<MtlsIdentity> = Api::namespaced(client.clone(), &namespace_name(0));
+        let name = identity_name(0);
+        out.identity_template =
+            Some(api.get(&name).await.with_context(|| format!("reading {name}, the floor's model"))?);
     }
     Ok(())
 }
@@ -936,7 +1003,7 @@ async fn measure(client: &Client, args: &Args, machine: &Machine, operator: &Ope
         }
     }
     let before = operator.metrics().await?;
-    let procs = watched_processes(operator.child.id());
+    let procs = watched_processes(operator.pid);
     let api_before = ApiRequests::scrape(client).await;
     let cpu_before = CpuSample::take(&procs);
     let setup = setup.finish(&operator.sampler);
@@ -1498,6 +1565,7 @@ fn summary(
     unrelated: Option<&unrelated::Created>,
     o: &Outcome,
     ceiling: Option<&ceiling::Ceiling>,
+    floor: Option<&[floor::Step]>,
 ) {
     let Some(iss) = &o.issuance else { return };
     let n = args.identities;
@@ -1545,6 +1613,29 @@ fn summary(
             c.n as f64 / c.wall.as_secs_f64()
         );
         println!("ratio:            {r:.2} x the ceiling (operator time / ceiling time)");
+    }
+    if let Some(steps) = floor {
+        println!(
+            "contract floor:   a plain client making the requests of {n} issuances, {} in flight:",
+            args.floor_concurrency.unwrap_or(4 * args.concurrency)
+        );
+        for s in steps {
+            let vs_ceiling =
+                ceiling.map(|c| format!(", {:.2} x the ceiling", s.wall.as_secs_f64() / c.wall.as_secs_f64()));
+            println!(
+                "  {:<22} {:>7.2} s ({:.0}/s{})",
+                floor::STEPS[s.requests - 1],
+                s.wall.as_secs_f64(),
+                n as f64 / s.wall.as_secs_f64(),
+                vs_ceiling.unwrap_or_default()
+            );
+        }
+        if let Some(all) = steps.last() {
+            println!(
+                "  operator:              {wall:>7.2} s = {:.2} x the floor (all an issuance needs)",
+                wall / all.wall.as_secs_f64()
+            );
+        }
     }
     println!("latency:          {}", distribution(latency.clone()));
     let phase_list = |f: &dyn Fn(&PhaseUse) -> String| o.phases.iter().map(f).collect::<Vec<_>>().join(", ");
@@ -1616,6 +1707,7 @@ fn chart_data(
     o: &Outcome,
     iss: &Issuance,
     ceiling: Option<&ceiling::Ceiling>,
+    floor: Option<&[floor::Step]>,
     samples: &[(Instant, procstat::ProcStat)],
     started: Instant,
 ) -> chart::ChartData {
@@ -1646,6 +1738,11 @@ fn chart_data(
     let ratio = ceiling
         .map(|c| format!(" = {:.2}x the ceiling ({:.1} s)", wall / c.wall.as_secs_f64(), c.wall.as_secs_f64()))
         .unwrap_or_default();
+    let vs_floor = floor
+        .and_then(|steps| steps.last())
+        .map(|f| format!(", {:.2}x the contract floor ({:.1} s)", wall / f.wall.as_secs_f64(), f.wall.as_secs_f64()))
+        .unwrap_or_default();
+    let ratio = ratio + &vs_floor;
     let machine = Machine::read();
     chart::ChartData {
         title: format!("mtls-operator: {} identities Ready in {wall:.1} s{ratio}", identities.len()),
@@ -1672,6 +1769,7 @@ fn chart_data(
         ),
         identities,
         ceiling_done_s: ceiling.map(|c| c.done_s.clone()),
+        floor_done_s: floor.and_then(|steps| steps.last()).map(|s| s.done_s.clone()),
         operator,
         phases: o
             .phases

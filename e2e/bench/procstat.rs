@@ -21,6 +21,39 @@ pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / CLOCK_TICKS)
 }
 
+/// The process running `exe` among `root` and its descendants (a wrapper such as heaptrack runs
+/// the program it is given as a child), waiting up to `timeout` for it to appear.
+pub fn find_process(root: u32, exe: &std::path::Path, timeout: Duration) -> Option<u32> {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let descends = |mut pid: u32| {
+        for _ in 0..16 {
+            if pid == root {
+                return true;
+            }
+            match parent(pid) {
+                Some(p) if p > 1 => pid = p,
+                _ => return false,
+            }
+        }
+        false
+    };
+    let exe = std::fs::canonicalize(exe).ok()?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let found = std::fs::read_dir("/proc")
+            .ok()?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe) && descends(pid));
+        if found.is_some() || Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// One reading of a process.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProcStat {
