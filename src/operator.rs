@@ -179,7 +179,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
         reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
-        queue: crate::controller::queue::WorkQueue::new(IN_CONTROLLER_PER_SLOT * usize::from(config.concurrency.max(1))),
+        queue: crate::controller::queue::WorkQueue::new(
+            IN_CONTROLLER_PER_SLOT * usize::from(config.concurrency.max(1)),
+        ),
         authorities: RwLock::default(),
         authority_changed: changed_tx,
         failures: RwLock::default(),
