@@ -188,7 +188,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reported: RwLock::default(),
         reissue_limiters: RwLock::default(),
         written_status: RwLock::default(),
-        written_secrets: RwLock::default(),
+        written_secrets: Default::default(),
     });
 
     // Caches shared by both controllers: managed Secrets (metadata only), managed ConfigMaps,
@@ -410,7 +410,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             let ctx = ctx.clone();
             move |s: PartialObjectMeta<Secret>| {
                 let ns = s.namespace().unwrap_or_default();
-                if ctx.is_own_write(&ns, &s.name_any(), s.resource_version().as_deref()) {
+                if ctx.written_secrets.is_own(&ns, &s.name_any(), s.resource_version().as_deref()) {
                     return None::<ObjectRef<MtlsIdentity>>;
                 }
                 let owner =

@@ -461,12 +461,21 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let desired_secret =
         build_secret(&id, &auth_name, &want, &current, &auth.bundle, &auth.signer.facts.fingerprint, existing.as_ref());
     let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    // Our write's echo in the Secret watch must not start another reconcile; anyone else's
+    // change seen meanwhile must.
+    let wrote = |result: Option<&Secret>| {
+        if ctx.written_secrets.end(&ns, &sname, result.and_then(|s| s.resource_version())) {
+            ctx.queue.push(&ns, &name);
+        }
+    };
     let secret_written = match &existing {
-        None => match secrets.create(&pp, &desired_secret).await {
-            Ok(written) => {
-                ctx.wrote_secret(&ns, &sname, written.resource_version());
-                true
-            }
+        None => match {
+            ctx.written_secrets.begin(&ns, &sname);
+            let r = secrets.create(&pp, &desired_secret).await;
+            wrote(r.as_ref().ok());
+            r
+        } {
+            Ok(_) => true,
             Err(kube::Error::Api(ae)) if ae.code == 409 => {
                 let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
                 if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
@@ -480,9 +489,10 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             Err(e) => return Err(Error::kube("creating identity Secret")(e)),
         },
         Some(have) if secret_differs(have, &desired_secret) => {
-            let written =
-                secrets.replace(&sname, &pp, &desired_secret).await.map_err(Error::kube("updating identity Secret"))?;
-            ctx.wrote_secret(&ns, &sname, written.resource_version());
+            ctx.written_secrets.begin(&ns, &sname);
+            let r = secrets.replace(&sname, &pp, &desired_secret).await;
+            wrote(r.as_ref().ok());
+            r.map_err(Error::kube("updating identity Secret"))?;
             true
         }
         Some(_) => false,

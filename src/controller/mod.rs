@@ -87,9 +87,9 @@ pub struct Context {
     /// Hash of the status last written per object (by uid): a reconcile that starts from a cached
     /// object whose status lags behind our own write does not write the same status again.
     pub written_status: RwLock<HashMap<String, u64>>,
-    /// resourceVersion of the identity Secrets this process last wrote, by `namespace/name`: the
-    /// watch event echoing our own write does not need another reconcile (and its read).
-    pub written_secrets: RwLock<HashMap<String, String>>,
+    /// The identity Secrets this process is writing or has just written: the watch event echoing
+    /// our own write does not need another reconcile (and its read).
+    pub written_secrets: OwnWrites,
     /// Per-authority limiters for re-issues (`spec.rotation.reissueRate`), by authority name.
     pub reissue_limiters: RwLock<HashMap<String, (u32, Arc<RateLimiter>)>>,
 }
@@ -161,35 +161,13 @@ impl Context {
         l
     }
 
-    pub fn wrote_secret(&self, ns: &str, name: &str, resource_version: Option<String>) {
-        let mut w = self.written_secrets.write().expect("secret map lock poisoned");
-        match resource_version {
-            Some(rv) => w.insert(format!("{ns}/{name}"), rv),
-            None => w.remove(&format!("{ns}/{name}")),
-        };
-    }
-
-    /// Whether this Secret version is the one this process wrote last. The record is used up by
-    /// the first match: it only has to outlive the round trip to the watch, and kept for every
-    /// Secret it would cost memory for nothing.
-    pub fn is_own_write(&self, ns: &str, name: &str, resource_version: Option<&str>) -> bool {
-        let Some(rv) = resource_version else { return false };
-        let key = format!("{ns}/{name}");
-        let mut w = self.written_secrets.write().expect("secret map lock poisoned");
-        if w.get(&key).map(String::as_str) == Some(rv) {
-            w.remove(&key);
-            return true;
-        }
-        false
-    }
-
     /// Drops everything kept about a deleted identity: its metric series and bookkeeping.
     pub fn forget_identity(&self, id: &crate::crd::MtlsIdentity) {
         use kube::ResourceExt;
         let (ns, name) = (id.namespace().unwrap_or_default(), id.name_any());
         self.metrics.forget_identity(&ns, &name);
         self.queue.forget(&ns, &name);
-        self.wrote_secret(&ns, &identity::secret_name(id), None);
+        self.written_secrets.forget(&ns, &identity::secret_name(id));
         self.written_status.write().expect("status map lock poisoned").remove(&id.uid().unwrap_or_default());
         let key = format!("identity/{ns}/{name}");
         self.failures.write().expect("failure map lock poisoned").remove(&key);
@@ -256,6 +234,78 @@ impl Context {
         if let Err(e) = recorder.publish(&ev, reference).await {
             tracing::warn!(error = %e, reason, "could not publish Event");
         }
+    }
+}
+
+/// Tells the watch event that echoes one of our own Secret writes from any other change. The echo
+/// can arrive before the write's response (which carries the resourceVersion to compare with):
+/// events seen while a write is in flight are kept and judged when it returns. A record is used
+/// up by its echo, so nothing is kept per Secret once the round trip is over.
+#[derive(Default)]
+pub struct OwnWrites(std::sync::Mutex<HashMap<String, Write>>);
+
+enum Write {
+    /// Sent, no response yet: the resourceVersions the watch showed meanwhile.
+    InFlight(Vec<String>),
+    /// Answered with this resourceVersion; its echo has not been seen yet.
+    Done(String),
+}
+
+impl OwnWrites {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Write>> {
+        self.0.lock().expect("own-writes lock poisoned")
+    }
+
+    /// Call right before writing the Secret.
+    pub fn begin(&self, ns: &str, name: &str) {
+        self.lock().insert(format!("{ns}/{name}"), Write::InFlight(vec![]));
+    }
+
+    /// Call when the write returned, with the resourceVersion it wrote (None: it failed). True when
+    /// the watch showed a version other than ours meanwhile: the identity needs another look.
+    pub fn end(&self, ns: &str, name: &str, written: Option<String>) -> bool {
+        let key = format!("{ns}/{name}");
+        let mut w = self.lock();
+        let seen = match w.remove(&key) {
+            Some(Write::InFlight(seen)) => seen,
+            _ => vec![],
+        };
+        match written {
+            Some(rv) if seen.is_empty() => {
+                w.insert(key, Write::Done(rv));
+                false
+            }
+            Some(rv) => seen.iter().any(|s| *s != rv),
+            None => !seen.is_empty(),
+        }
+    }
+
+    /// Whether a watch event showing this version of the Secret needs no reconcile: it is the echo
+    /// of our write, or it arrived while a write is in flight (then `end` decides).
+    pub fn is_own(&self, ns: &str, name: &str, resource_version: Option<&str>) -> bool {
+        let Some(rv) = resource_version else { return false };
+        let key = format!("{ns}/{name}");
+        let mut w = self.lock();
+        match w.get_mut(&key) {
+            Some(Write::InFlight(seen)) => {
+                if seen.len() < 8 {
+                    seen.push(rv.to_string());
+                } else {
+                    // Cannot tell any more: make sure `end` asks for another look.
+                    seen[0] = String::new();
+                }
+                true
+            }
+            Some(Write::Done(ours)) if ours == rv => {
+                w.remove(&key);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub fn forget(&self, ns: &str, name: &str) {
+        self.lock().remove(&format!("{ns}/{name}"));
     }
 }
 
@@ -344,6 +394,36 @@ pub fn merge_labels(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_writes_tell_their_echo_from_other_changes() {
+        let w = OwnWrites::default();
+        // The echo after the response: used up by it.
+        w.begin("ns", "a");
+        assert!(!w.end("ns", "a", Some("10".into())));
+        assert!(w.is_own("ns", "a", Some("10")));
+        assert!(!w.is_own("ns", "a", Some("10")), "a record is used up by its echo");
+        // The echo before the response.
+        w.begin("ns", "b");
+        assert!(w.is_own("ns", "b", Some("11")));
+        assert!(!w.end("ns", "b", Some("11".into())), "only our own version was seen");
+        assert!(!w.is_own("ns", "b", Some("12")), "nothing is kept after the round trip");
+        // Someone else's change while ours was in flight: the identity gets another look.
+        w.begin("ns", "c");
+        assert!(w.is_own("ns", "c", Some("13")));
+        assert!(w.end("ns", "c", Some("14".into())));
+        // A failed write after a change was seen: another look too; without one, nothing.
+        w.begin("ns", "d");
+        assert!(w.is_own("ns", "d", Some("15")));
+        assert!(w.end("ns", "d", None));
+        w.begin("ns", "e");
+        assert!(!w.end("ns", "e", None));
+        // Events for Secrets we are not writing are never ours.
+        assert!(!w.is_own("ns", "other", Some("16")));
+        w.begin("ns", "f");
+        w.forget("ns", "f");
+        assert!(!w.is_own("ns", "f", Some("17")));
+    }
 
     #[test]
     fn merge_patch_removes_cleared_fields() {
