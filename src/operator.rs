@@ -382,10 +382,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                         !secrets.contains(&i.namespace().unwrap_or_default(), &identity::secret_name(i))
                     }),
                     Some(()) = recovered_ids.recv() => {
-                        let failed: Vec<String> =
-                            ctx.failures.read().expect("failure map lock poisoned").keys().cloned().collect();
-                        for (ns, name) in failed.iter().filter_map(|k| k.strip_prefix("identity/")?.split_once('/')) {
-                            ctx.queue.push(ns, name);
+                        for key in ctx.failed_since("identity/") {
+                            if let Some((ns, name)) = key.split_once('/') {
+                                ctx.queue.push(ns, name);
+                            }
                         }
                     }
                     _ = stop.wait_for(|s| *s) => break,
@@ -556,13 +556,7 @@ where
     K: kube::Resource<DynamicType = ()> + Send + Sync + 'static,
 {
     UnboundedReceiverStream::new(signals).flat_map(move |()| {
-        let refs: Vec<ObjectRef<K>> = ctx
-            .failures
-            .read()
-            .expect("failure map lock poisoned")
-            .keys()
-            .filter_map(|k| k.strip_prefix(prefix).and_then(parse))
-            .collect();
+        let refs: Vec<ObjectRef<K>> = ctx.failed_since(prefix).iter().filter_map(|k| parse(k)).collect();
         futures::stream::iter(refs)
     })
 }

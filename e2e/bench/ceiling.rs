@@ -7,9 +7,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
@@ -62,15 +62,8 @@ pub async fn run(
     concurrency: usize,
     labels: serde_json::Value,
 ) -> anyhow::Result<Ceiling> {
-    let nsapi: Api<Namespace> = Api::all(client.clone());
     for j in 0..namespaces {
-        let ns: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": namespace_name(j), "labels": labels}}))?;
-        match nsapi.create(&PostParams::default(), &ns).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e).with_context(|| format!("creating namespace {}", namespace_name(j))),
-        }
+        super::ensure_namespace(client, &namespace_name(j), &labels).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let base = from_template(template);

@@ -15,10 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use futures::StreamExt;
-use k8s_openapi::{
-    api::core::v1::{Namespace, Secret},
-    apimachinery::pkg::apis::meta::v1::OwnerReference,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::OwnerReference};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
@@ -70,16 +67,8 @@ pub async fn run(
     );
     let mut steps = vec![];
     for requests in 1..=STEPS.len() {
-        let nsapi: Api<Namespace> = Api::all(client.clone());
         for j in 0..namespaces {
-            let name = namespace_name(requests, j);
-            let ns: Namespace =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": name, "labels": labels}}))?;
-            match nsapi.create(&PostParams::default(), &ns).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(e)) if e.code == 409 => {}
-                Err(e) => return Err(e).with_context(|| format!("creating namespace {name}")),
-            }
+            super::ensure_namespace(client, &namespace_name(requests, j), &labels).await?;
         }
         // The benchmark's watch of identities, as during the operator's run (events drained).
         let watch = tokio::spawn({

@@ -98,6 +98,11 @@ struct Args {
 }
 
 impl Args {
+    /// Objects in flight in the floor's steps: enough to saturate the API server.
+    fn floor_concurrency(&self) -> usize {
+        self.floor_concurrency.unwrap_or(4 * self.concurrency)
+    }
+
     fn parse() -> anyhow::Result<Args> {
         let mut a = Args {
             identities: 1000,
@@ -333,9 +338,10 @@ fn namespace_object(name: &str, labels: serde_json::Value) -> Namespace {
         .expect("a valid Namespace")
 }
 
-async fn ensure_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+/// Creates the namespace with these labels unless it exists.
+async fn ensure_namespace(client: &Client, name: &str, labels: &serde_json::Value) -> anyhow::Result<()> {
     match Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &namespace_object(name, serde_json::json!({})))
+        .create(&PostParams::default(), &namespace_object(name, labels.clone()))
         .await
     {
         Ok(_) => Ok(()),
@@ -671,7 +677,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let machine = Machine::read();
     let client = connect().await?;
     install_crds(&client).await?;
-    ensure_namespace(&client, OPERATOR_NAMESPACE).await?;
+    ensure_namespace(&client, OPERATOR_NAMESPACE, &serde_json::json!({})).await?;
     remove_leftover_namespaces(&client).await?;
     let unrelated = if args.unrelated_secrets > 0 {
         let u =
@@ -765,7 +771,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Ok(()), Some(secret), Some(identity)) if args.floor => {
             let m = args.namespaces.min(args.identities);
             println!();
-            let c = args.floor_concurrency.unwrap_or(4 * args.concurrency);
+            let c = args.floor_concurrency();
             println!(
                 "floor: a plain client makes the requests of {} issuances, {c} in flight, in cumulative steps (operator stopped) ...",
                 args.identities
@@ -1617,7 +1623,7 @@ fn summary(
     if let Some(steps) = floor {
         println!(
             "contract floor:   a plain client making the requests of {n} issuances, {} in flight:",
-            args.floor_concurrency.unwrap_or(4 * args.concurrency)
+            args.floor_concurrency()
         );
         for s in steps {
             let vs_ceiling =

@@ -469,25 +469,25 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         }
     };
     let secret_written = match &existing {
-        None => match {
+        None => {
             ctx.written_secrets.begin(&ns, &sname);
             let r = secrets.create(&pp, &desired_secret).await;
             wrote(r.as_ref().ok());
-            r
-        } {
-            Ok(_) => true,
-            Err(kube::Error::Api(ae)) if ae.code == 409 => {
-                let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
-                if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
-                    let p = conflict(&ns, &sname);
-                    return not_ready(&id, &ctx, &status, p, now).await;
+            match r {
+                Ok(_) => true,
+                Err(kube::Error::Api(ae)) if ae.code == 409 => {
+                    let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
+                    if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
+                        let p = conflict(&ns, &sname);
+                        return not_ready(&id, &ctx, &status, p, now).await;
+                    }
+                    // Ours after all (the cache lagged): look again.
+                    ctx.queue.schedule(&ns, &name, Duration::from_millis(100));
+                    return Ok(Action::await_change());
                 }
-                // Ours after all (the cache lagged): look again.
-                ctx.queue.schedule(&ns, &name, Duration::from_millis(100));
-                return Ok(Action::await_change());
+                Err(e) => return Err(Error::kube("creating identity Secret")(e)),
             }
-            Err(e) => return Err(Error::kube("creating identity Secret")(e)),
-        },
+        }
         Some(have) if secret_differs(have, &desired_secret) => {
             ctx.written_secrets.begin(&ns, &sname);
             let r = secrets.replace(&sname, &pp, &desired_secret).await;

@@ -182,6 +182,12 @@ impl Context {
         *n
     }
 
+    /// The objects (keys after `prefix`) that have failed since their last success.
+    pub fn failed_since(&self, prefix: &str) -> Vec<String> {
+        let f = self.failures.read().expect("failure map lock poisoned");
+        f.keys().filter_map(|k| k.strip_prefix(prefix)).map(str::to_string).collect()
+    }
+
     /// Resets the consecutive-failure count only (the backoff), keeping the last reported problem.
     pub fn reset_failure_count(&self, key: &str) {
         self.failures.write().expect("failure map lock poisoned").remove(key);
@@ -245,8 +251,13 @@ impl Context {
 pub struct OwnWrites(std::sync::Mutex<HashMap<String, Write>>);
 
 enum Write {
-    /// Sent, no response yet: the resourceVersions the watch showed meanwhile.
-    InFlight(Vec<String>),
+    /// Sent, no response yet; the watch showed nothing of it meanwhile.
+    Sent,
+    /// Sent, no response yet; the watch showed this one version meanwhile (ours, or not).
+    SentSeen(String),
+    /// Sent, no response yet; the watch showed more than one version meanwhile, which our single
+    /// write cannot all be.
+    SentSeenSeveral,
     /// Answered with this resourceVersion; its echo has not been seen yet.
     Done(String),
 }
@@ -258,7 +269,7 @@ impl OwnWrites {
 
     /// Call right before writing the Secret.
     pub fn begin(&self, ns: &str, name: &str) {
-        self.lock().insert(format!("{ns}/{name}"), Write::InFlight(vec![]));
+        self.lock().insert(format!("{ns}/{name}"), Write::Sent);
     }
 
     /// Call when the write returned, with the resourceVersion it wrote (None: it failed). True when
@@ -266,17 +277,14 @@ impl OwnWrites {
     pub fn end(&self, ns: &str, name: &str, written: Option<String>) -> bool {
         let key = format!("{ns}/{name}");
         let mut w = self.lock();
-        let seen = match w.remove(&key) {
-            Some(Write::InFlight(seen)) => seen,
-            _ => vec![],
-        };
-        match written {
-            Some(rv) if seen.is_empty() => {
+        match (w.remove(&key), written) {
+            (Some(Write::SentSeen(seen)), Some(rv)) => seen != rv,
+            (Some(Write::SentSeen(_) | Write::SentSeenSeveral), _) => true,
+            (_, Some(rv)) => {
                 w.insert(key, Write::Done(rv));
                 false
             }
-            Some(rv) => seen.iter().any(|s| *s != rv),
-            None => !seen.is_empty(),
+            (_, None) => false,
         }
     }
 
@@ -286,22 +294,17 @@ impl OwnWrites {
         let Some(rv) = resource_version else { return false };
         let key = format!("{ns}/{name}");
         let mut w = self.lock();
-        match w.get_mut(&key) {
-            Some(Write::InFlight(seen)) => {
-                if seen.len() < 8 {
-                    seen.push(rv.to_string());
-                } else {
-                    // Cannot tell any more: make sure `end` asks for another look.
-                    seen[0] = String::new();
-                }
-                true
-            }
-            Some(Write::Done(ours)) if ours == rv => {
+        let Some(state) = w.get_mut(&key) else { return false };
+        match state {
+            Write::Sent => *state = Write::SentSeen(rv.to_string()),
+            Write::SentSeen(_) => *state = Write::SentSeenSeveral,
+            Write::SentSeenSeveral => {}
+            Write::Done(ours) if ours == rv => {
                 w.remove(&key);
-                true
             }
-            _ => false,
+            Write::Done(_) => return false,
         }
+        true
     }
 
     pub fn forget(&self, ns: &str, name: &str) {

@@ -242,8 +242,9 @@ impl WorkQueue {
         }
     }
 
-    /// Identities waiting, handed out, running, and timers set (for tests and diagnostics).
-    pub fn counts(&self) -> (usize, usize, usize, usize) {
+    /// Identities waiting, handed out, running, and timers set.
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize, usize, usize) {
         let st = self.lock();
         (st.queued.len(), st.handed.len(), st.running, st.due.len())
     }
