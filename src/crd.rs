@@ -142,11 +142,19 @@ pub struct CaSource {
     /// certificate first, then its chain), `tls.key`, and optionally `ca.crt` (the root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<SecretReference>,
+    /// Publish a supplied intermediate CA as the trust anchor when its Secret holds no root
+    /// (no self-signed certificate in `tls.crt` or `ca.crt`). Off by default, and the authority
+    /// is then not Ready (`CaRootMissing`): OpenSSL-based verifiers (nginx `ssl_verify_client`,
+    /// `openssl s_server`/`s_client`) reject every peer whose chain ends at an intermediate, while
+    /// Go, rustls and curl accept it. When on, the `IntermediateTrustAnchor` condition says so for
+    /// as long as it applies. Adding the root as `ca.crt` is the fix.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_intermediate_trust_anchor: bool,
 }
 
 impl Default for CaSource {
     fn default() -> Self {
-        CaSource { generate: Some(GenerateCa::default()), secret_ref: None }
+        CaSource { generate: Some(GenerateCa::default()), secret_ref: None, allow_intermediate_trust_anchor: false }
     }
 }
 

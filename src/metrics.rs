@@ -221,6 +221,22 @@ impl Metrics {
         }
     }
 
+    /// A deleted authority's gauges go (a CA-expiry series left behind would alert on a CA that
+    /// no longer exists); its counters stay, as counters do.
+    pub fn forget_authority(&self, authority: &str) {
+        let l = AuthorityLabels { authority: authority.into() };
+        self.ca_expiry.remove(&l);
+        self.bundle_version.remove(&l);
+        for state in ["current", "total"] {
+            let r = RolloutLabels { authority: authority.into(), state: state.into() };
+            self.bundle_namespaces.remove(&r);
+            self.bundle_secrets.remove(&r);
+        }
+        for p in crate::rotation::Phase::ALL {
+            self.phase.remove(&PhaseLabels { authority: authority.into(), phase: p.as_str().into() });
+        }
+    }
+
     pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {
         let l = AuthorityLabels { authority: authority.into() };
         self.ca_expiry.get_or_create(&l).set(ca_not_after);

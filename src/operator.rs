@@ -211,6 +211,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     )
     .default_backoff()
     .inspect_err(suspect(&api_health))
+    .inspect(departures(auth_store.clone(), {
+        let ctx = ctx.clone();
+        move |a: &MtlsAuthority| ctx.forget_authority(&a.name_any())
+    }))
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
     let ca_secrets = watcher(
@@ -316,7 +320,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .modify(slim_identity)
                 .default_backoff()
                 .inspect_err(suspect(&api_health)),
-        ),
+        )
+        .inspect(departures(id_store.clone(), {
+            let ctx = ctx.clone();
+            move |id: &MtlsIdentity| ctx.forget_identity(id)
+        })),
     )
     .predicate_filter(predicates::generation, PredicateConfig::default())
     .filter_map({
@@ -424,7 +432,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             wake(&|i| i.namespace().as_deref() == Some(ns.as_str()));
             None::<ObjectRef<MtlsIdentity>>
         })
-        .reconcile_on(queue.clone().handed_out())
+        .reconcile_on(queue.clone().handed_out({
+            let ids = id_store.clone();
+            move |r| ids.get(r).is_some()
+        }))
         // The queue bounds what the controller holds; `ctx.reconcile_slots` bounds API work.
         .with_config(kube::runtime::controller::Config::default().concurrency(0))
         .graceful_shutdown_on(stopped())
@@ -563,7 +574,6 @@ where
 
 /// Like `applied_objects`, but queues each initial list itself, sorted by urgency (no certificate,
 /// expired, soonest to expire), so that after downtime the most urgent renewals happen first.
-/// Deleted identities are forgotten (metric series, bookkeeping, queue and timer).
 fn urgent_first(
     ctx: Arc<Context>,
     events: impl futures::Stream<Item = Result<watcher::Event<MtlsIdentity>, watcher::Error>>,
@@ -595,15 +605,45 @@ fn urgent_first(
                     None
                 }
                 Ok(watcher::Event::Apply(id)) => Some(Ok(id)),
-                Ok(watcher::Event::Delete(id)) => {
-                    ctx.forget_identity(&id);
-                    None
-                }
+                Ok(watcher::Event::Delete(_)) => None,
                 Err(e) => Some(Err(e)),
             };
             future::ready(Some(out))
         })
         .filter_map(future::ready)
+}
+
+/// Watches a reflector's events and calls `gone` once for every object that leaves its cache:
+/// deleted, or, after the watch was down, missing from the relist or back under a new uid (a
+/// delete and re-create that the watch did not see). Per-name bookkeeping is dropped there, so
+/// that nothing of an old object is held against a new one of the same name.
+fn departures<K>(
+    store: reflector::Store<K>,
+    gone: impl Fn(&K),
+) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    // During a relist: what the cache held before it, and the uids the new list has shown so far.
+    let mut relist: Option<(Vec<Arc<K>>, std::collections::HashSet<String>)> = None;
+    move |event| match event {
+        Ok(watcher::Event::Delete(obj)) => gone(obj),
+        Ok(watcher::Event::Init) => relist = Some((store.state(), Default::default())),
+        Ok(watcher::Event::InitApply(obj)) => {
+            if let Some((_, seen)) = relist.as_mut() {
+                seen.insert(obj.uid().unwrap_or_default());
+            }
+        }
+        Ok(watcher::Event::InitDone) => {
+            if let Some((before, seen)) = relist.take() {
+                for old in before.iter().filter(|o| !seen.contains(&o.uid().unwrap_or_default())) {
+                    gone(old);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Resolves on SIGTERM (what kubelet sends) or Ctrl-C.

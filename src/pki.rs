@@ -103,6 +103,10 @@ pub struct SigningCa {
     pub chain_pem: Vec<String>,
     /// Roots that anchor this CA, PEM (for a generated or self-signed CA: the CA itself).
     pub roots_pem: Vec<String>,
+    /// No self-signed root was supplied: `roots_pem` holds the topmost intermediate instead. Go,
+    /// rustls and curl accept such an anchor; OpenSSL's default verification (nginx,
+    /// `openssl s_server`/`s_client`) does not, so the authority refuses it unless told to.
+    pub intermediate_anchor: Option<String>,
     pub facts: CertFacts,
     key: SecretPem,
 }
@@ -214,6 +218,26 @@ pub fn generate_ca(
     params.not_after = to_offset(now + lifetime);
     let cert = params.self_signed(&key).map_err(|e| PkiError::Generate(e.to_string()))?;
     Ok((cert.pem(), private_key_pem(&key)))
+}
+
+/// An intermediate CA signed by `root` (tests only): certificate PEM and key.
+#[cfg(test)]
+pub(crate) fn test_intermediate(root: &str, root_key: &str, common_name: &str, now: Timestamp) -> (String, SecretPem) {
+    let root_der = parse_pem_certs("root", root).unwrap().remove(0);
+    let issuer = Issuer::from_ca_cert_der(&root_der.into(), KeyPair::from_pem(root_key).unwrap()).unwrap();
+    let key = generate_key(KeyAlgorithm::EcdsaP256).unwrap();
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.use_authority_key_identifier_extension = true;
+    params.serial_number = Some(random_serial());
+    params.not_before = to_offset(now - CLOCK_SKEW_ALLOWANCE);
+    params.not_after = to_offset(now + std::time::Duration::from_secs(86400));
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), private_key_pem(&key))
 }
 
 /// What is wrong with PEM text, in words that never quote it: the `pem` crate's own messages
@@ -340,9 +364,13 @@ pub fn load_ca(tls_crt: &str, tls_key: &str, ca_crt: Option<&str>, now: Timestam
             intermediates.push(der.clone());
         }
     }
+    let mut intermediate_anchor = None;
     if roots.is_empty() {
-        // An intermediate without its root: trust the topmost certificate we have.
-        roots.push(chain.last().cloned().expect("chain is not empty"));
+        // An intermediate without its root: the topmost certificate we have is the only possible
+        // anchor (whether that is acceptable is the authority's decision, see the field).
+        let top = chain.last().cloned().expect("chain is not empty");
+        intermediate_anchor = Some(facts_of(&top)?.subject);
+        roots.push(top);
     }
     let facts = facts_of(&chain[0])?;
     let ca = SigningCa {
@@ -350,6 +378,7 @@ pub fn load_ca(tls_crt: &str, tls_key: &str, ca_crt: Option<&str>, now: Timestam
         cert_der: chain[0].clone(),
         chain_pem: intermediates.iter().map(|d| der_to_pem(d)).collect(),
         roots_pem: roots.iter().map(|d| der_to_pem(d)).collect(),
+        intermediate_anchor,
         facts,
         key: SecretPem(tls_key.to_string()),
     };

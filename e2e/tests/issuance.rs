@@ -456,12 +456,9 @@ async fn every_key_algorithm_is_issued_and_verified() {
     }
 }
 
-#[tokio::test]
-async fn supplied_intermediate_ca_with_chain() {
-    harness::operator().await;
-    let client = harness::client().await;
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+/// An offline root and an intermediate under it, made by OpenSSL in `d`: (root, intermediate,
+/// intermediate key), PEM.
+pub fn root_and_intermediate(d: &Path) -> (String, String, String) {
     let run = |args: &[&str]| {
         let (ok, out) = openssl(args);
         assert!(ok, "openssl {args:?}: {out}");
@@ -521,6 +518,16 @@ async fn supplied_intermediate_ca_with_chain() {
     let int = std::fs::read_to_string(d.join("int.crt")).unwrap();
     let root = std::fs::read_to_string(d.join("root.crt")).unwrap();
     let key = std::fs::read_to_string(d.join("int.key")).unwrap();
+    (root, int, key)
+}
+
+#[tokio::test]
+async fn supplied_intermediate_ca_with_chain() {
+    harness::operator().await;
+    let client = harness::client().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (root, int, key) = root_and_intermediate(d);
     let secret_name = format!("supplied-{:06x}", harness::rand_u32() & 0xffffff);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let secret: Secret = Secret {
@@ -559,6 +566,122 @@ async fn supplied_intermediate_ca_with_chain() {
     assert!(ok, "{out}");
     openssl_mtls_handshake(&sd, &cd, &format!("api.{}.svc.cluster.local", ns.name)).unwrap_or_else(|e| panic!("{e}"));
     rustls_mtls_handshake(&s, &c, "api").unwrap();
+    let _ = secrets.delete(&secret_name, &DeleteParams::default()).await;
+}
+
+/// A supplied intermediate whose Secret lacks its root (`ca.crt` absent). By default refused with
+/// what to do; opted in, Ready with a condition that says which peers will reject it — and OpenSSL
+/// as the server (as nginx does) really rejects it, while the root as `ca.crt` fixes both.
+#[tokio::test]
+async fn an_intermediate_without_its_root_is_refused_unless_allowed() {
+    harness::operator().await;
+    let client = harness::client().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (root, int, key) = root_and_intermediate(d);
+    let secret_name = format!("int-only-{:06x}", harness::rand_u32() & 0xffffff);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let secret: Secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(secret_name.clone()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            [("tls.crt", int.clone()), ("tls.key", key)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+                .collect(),
+        ),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let anchor_condition = |a: &MtlsAuthority| {
+        a.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "IntermediateTrustAnchor").cloned())
+    };
+
+    // By default: not Ready, with the fix in the message, and one Warning Event.
+    let refused =
+        TestAuthority::create(&client, "int-only", serde_json::json!({"ca": {"secretRef": {"name": secret_name}}}))
+            .await;
+    let a = wait_authority_reason(&client, &refused.name, "CaRootMissing").await;
+    let ready = a.status.as_ref().unwrap().conditions.iter().find(|c| c.type_ == "Ready").unwrap().clone();
+    assert_eq!(ready.status, "False");
+    for part in ["Cluster Intermediate", "as ca.crt", "allowIntermediateTrustAnchor", "OpenSSL"] {
+        assert!(ready.message.contains(part), "{part:?} missing from: {}", ready.message);
+    }
+    let warned = harness::wait_for(WAIT, || {
+        let client = client.clone();
+        let name = refused.name.clone();
+        async move {
+            let events = Api::<Event>::all(client).list(&ListParams::default()).await.ok()?;
+            events
+                .items
+                .iter()
+                .any(|e| {
+                    e.involved_object.name.as_deref() == Some(name.as_str())
+                        && e.type_.as_deref() == Some("Warning")
+                        && e.reason.as_deref() == Some("CaRootMissing")
+                })
+                .then_some(())
+        }
+    })
+    .await;
+    assert!(warned.is_some(), "no CaRootMissing Warning Event");
+
+    // Opted in: Ready, the bundle is the intermediate alone, and the condition says so.
+    let allowed = TestAuthority::create(
+        &client,
+        "int-anchor",
+        serde_json::json!({"ca": {"secretRef": {"name": secret_name}, "allowIntermediateTrustAnchor": true}}),
+    )
+    .await;
+    let a = wait_authority_ready(&client, &allowed.name).await;
+    let c = anchor_condition(&a).expect("the IntermediateTrustAnchor condition is shown");
+    assert_eq!(c.status, "True");
+    assert!(c.message.contains("nginx") && c.message.contains("OpenSSL"), "{}", c.message);
+    let ns = TestNamespace::new(&client, "int-anchor").await;
+    create_identity(&client, &ns.name, "api", &allowed.name, serde_json::json!({"serviceNames": ["api"]})).await;
+    create_identity(&client, &ns.name, "caller", &allowed.name, serde_json::json!({})).await;
+    wait_identity_ready(&client, &ns.name, "api").await;
+    wait_identity_ready(&client, &ns.name, "caller").await;
+    let s = get_secret(&client, &ns.name, "api-mtls").await;
+    let c = get_secret(&client, &ns.name, "caller-mtls").await;
+    assert_eq!(data(&s, "ca.crt").trim(), int.trim(), "the intermediate is the only anchor");
+    let (sd, cd) = (d.join("api"), d.join("caller"));
+    write_files(&sd, &s);
+    write_files(&cd, &c);
+    let host = format!("api.{}.svc.cluster.local", ns.name);
+    // What the condition warns about: OpenSSL with -verify_return_error refuses the peer.
+    let err = openssl_mtls_handshake(&sd, &cd, &host).expect_err("OpenSSL accepted a chain ending at an intermediate");
+    assert!(err.contains("unable to get issuer certificate"), "{err}");
+    // rustls (like Go and curl) accepts the intermediate as an anchor.
+    rustls_mtls_handshake(&s, &c, "api").unwrap();
+
+    // The fix both messages name: the root as ca.crt. The refused authority becomes Ready; the
+    // opted-in one takes up the root (same CA) and its condition goes; OpenSSL then verifies.
+    let patch = serde_json::json!({"stringData": {"ca.crt": root}});
+    secrets.patch(&secret_name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+    wait_authority_ready(&client, &refused.name).await;
+    let fixed = harness::wait_for(WAIT, || {
+        let api = Api::<MtlsAuthority>::all(client.clone());
+        let name = allowed.name.clone();
+        async move { api.get(&name).await.ok().filter(|a| anchor_condition(a).is_none()) }
+    })
+    .await;
+    assert!(fixed.is_some(), "the IntermediateTrustAnchor condition stayed after the root was added");
+    let with_root = harness::wait_for(WAIT, || {
+        let client = client.clone();
+        let ns = ns.name.clone();
+        let root = root.clone();
+        async move {
+            let s = get_secret(&client, &ns, "api-mtls").await;
+            let c = get_secret(&client, &ns, "caller-mtls").await;
+            (data(&s, "ca.crt").trim() == root.trim() && data(&c, "ca.crt").trim() == root.trim()).then_some((s, c))
+        }
+    })
+    .await;
+    let (s, c) = with_root.expect("the identity Secrets did not get the root as ca.crt");
+    write_files(&sd, &s);
+    write_files(&cd, &c);
+    openssl_mtls_handshake(&sd, &cd, &host).unwrap_or_else(|e| panic!("with the root: {e}"));
     let _ = secrets.delete(&secret_name, &DeleteParams::default()).await;
 }
 

@@ -7,5 +7,6 @@ mod bad_input;
 mod bundles;
 mod foundation;
 mod issuance;
+mod recreate;
 mod renewal;
 mod rotation;

@@ -79,6 +79,44 @@ fn load_from_secret(s: &Secret, now: Timestamp) -> Result<SigningCa, PkiError> {
     pki::load_ca(crt, key, secret_str(s, "ca.crt"), now)
 }
 
+/// A CA whose Secret holds no self-signed root can only be published as its own trust anchor;
+/// OpenSSL's default verification rejects a chain that ends at an intermediate, so that is
+/// refused unless the authority opts in (`spec.ca.allowIntermediateTrustAnchor`).
+fn vet_anchor(auth: &MtlsAuthority, ca: &SigningCa, secret: &str) -> Result<(), NotReady> {
+    match &ca.intermediate_anchor {
+        Some(subject) if !auth.spec.ca.allow_intermediate_trust_anchor => Err(NotReady {
+            reason: "CaRootMissing",
+            message: format!(
+                "CA Secret {secret} holds the intermediate CA {subject} but not the self-signed root it chains to \
+                 (neither in tls.crt nor as ca.crt); published alone as the trust anchor it would be rejected by \
+                 OpenSSL-based peers (nginx: \"unable to get issuer certificate\"). Add the root certificate to the \
+                 Secret as ca.crt, or set spec.ca.allowIntermediateTrustAnchor: true to publish the intermediate anyway"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The condition shown while an authority publishes an intermediate as its trust anchor (opted in).
+fn intermediate_anchor_condition(
+    previous: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    subjects: &[String],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    if subjects.is_empty() {
+        return None;
+    }
+    let message = format!(
+        "the trust bundle anchors at the intermediate CA {} (spec.ca.allowIntermediateTrustAnchor): Go, rustls and \
+         curl verify against it, but OpenSSL-based verifiers without partial-chain mode (nginx ssl_verify_client, \
+         openssl s_server/s_client) reject every peer with \"unable to get issuer certificate\"; add the root as \
+         ca.crt to the CA Secret to end this",
+        subjects.join(", ")
+    );
+    Some(condition(previous, "IntermediateTrustAnchor", true, "RootMissing", message, generation, now))
+}
+
 /// Where the key material of a CA generation that does not exist yet comes from.
 enum Mint {
     /// Generate a new CA (`spec.ca.generate`).
@@ -96,6 +134,7 @@ async fn ensure_generation(
     auth: &MtlsAuthority,
     generation: u32,
     mint: Option<Mint>,
+    supplied: Option<&(Secret, SigningCa)>,
     now: Timestamp,
 ) -> Result<Result<SigningCa, NotReady>, Error> {
     let name = auth.name_any();
@@ -170,15 +209,36 @@ async fn ensure_generation(
             }
         }
     };
-    Ok(load_from_secret(&secret, now).map_err(|e| NotReady {
-        reason: pki_reason(&e),
-        message: format!("CA Secret {}/{secret_name}: {e}", ctx.namespace),
-    }))
+    let mut ca = match load_from_secret(&secret, now) {
+        Ok(ca) => ca,
+        Err(e) => {
+            let message = format!("CA Secret {}/{secret_name}: {e}", ctx.namespace);
+            return Ok(Err(NotReady { reason: pki_reason(&e), message }));
+        }
+    };
+    // The root of a supplied intermediate, added to the user's Secret after this generation was
+    // copied from it, is taken up: the bundle then anchors at the root. Safe at any moment, since
+    // leaves carry the intermediate in their chain and so verify against either anchor.
+    if let Some((src, sup)) = supplied.filter(|(_, sup)| {
+        ca.intermediate_anchor.is_some()
+            && sup.intermediate_anchor.is_none()
+            && sup.facts.fingerprint == ca.facts.fingerprint
+    }) {
+        let root = secret_str(src, "ca.crt").unwrap_or_default();
+        let patch = serde_json::json!({"stringData": {"ca.crt": root}});
+        api.patch(&secret_name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(Error::kube("adding the root to a CA Secret"))?;
+        tracing::info!(authority = %name, secret = %secret_name, "took up the root now supplied as ca.crt");
+        ca = sup.clone();
+    }
+    Ok(vet_anchor(auth, &ca, &format!("{}/{secret_name}", ctx.namespace)).map(|()| ca))
 }
 
 /// Reads and vets the CA the user supplies. Returns the Secret (to copy) and the loaded CA.
 async fn load_supplied_ca(
     ctx: &Context,
+    auth: &MtlsAuthority,
     secret_name: &str,
     now: Timestamp,
 ) -> Result<Result<(Secret, SigningCa), NotReady>, Error> {
@@ -189,10 +249,14 @@ async fn load_supplied_ca(
             message: format!("Secret {}/{secret_name} named in spec.ca.secretRef does not exist", ctx.namespace),
         }));
     };
-    Ok(load_from_secret(&secret, now).map(|ca| (secret, ca)).map_err(|e| NotReady {
-        reason: pki_reason(&e),
-        message: format!("supplied CA Secret {}/{secret_name}: {e}", ctx.namespace),
-    }))
+    let ca = match load_from_secret(&secret, now) {
+        Ok(ca) => ca,
+        Err(e) => {
+            let message = format!("supplied CA Secret {}/{secret_name}: {e}", ctx.namespace);
+            return Ok(Err(NotReady { reason: pki_reason(&e), message }));
+        }
+    };
+    Ok(vet_anchor(auth, &ca, &format!("{}/{secret_name}", ctx.namespace)).map(|()| (secret, ca)))
 }
 
 /// Reads the PEM of every `trustBundle.additionalCAs` source. Missing sources are reported
@@ -226,6 +290,34 @@ async fn additional_cas(ctx: &Context, auth: &MtlsAuthority) -> Result<(Vec<Stri
     Ok((pems, missing))
 }
 
+/// The CA generation a new authority starts from. An authority of the same name that was
+/// deleted left its CA Secrets behind (deleting an authority never destroys a CA key): the newest
+/// generation that was not retired is taken up again, so its identities and every bundle keep
+/// trusting the same CA. Only retired generations: the next one, minted fresh. None: 1.
+async fn generation_to_adopt(ctx: &Context, authority: &str) -> Result<u32, Error> {
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
+    let lp = kube::api::ListParams::default().labels(&format!("{LABEL_AUTHORITY}={authority}"));
+    let list = api.list_metadata(&lp).await.map_err(Error::kube("listing CA Secrets"))?;
+    let prefix = format!("{authority}-ca-");
+    let generations = list.items.iter().filter_map(|s| {
+        let g: u32 = s.name_any().strip_prefix(&prefix)?.parse().ok()?;
+        Some((g, s.labels().get(LABEL_CA_STATE).is_some_and(|v| v == "retired")))
+    });
+    Ok(adoptable_generation(generations))
+}
+
+/// See [`generation_to_adopt`]: (generation, retired) of each CA Secret found.
+fn adoptable_generation(found: impl Iterator<Item = (u32, bool)>) -> u32 {
+    let (mut live, mut any) = (None, 0);
+    for (g, retired) in found {
+        any = any.max(g);
+        if !retired {
+            live = live.max(Some(g));
+        }
+    }
+    live.unwrap_or(any + 1)
+}
+
 /// The generation recorded by an older status (before rotation state existed), if any.
 fn legacy_generation(status: &MtlsAuthorityStatus) -> Option<u32> {
     status.active_ca.as_ref()?.secret_name.as_deref()?.rsplit('-').next()?.parse().ok()
@@ -251,8 +343,12 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     let status = auth.status.clone().unwrap_or_default();
     ctx.metrics.reconciles.inc();
     let fresh = status.rotation.is_none() && status.active_ca.is_none();
-    let state =
-        status.rotation.clone().unwrap_or_else(|| RotationState::stable(legacy_generation(&status).unwrap_or(1)));
+    let state = match (status.rotation.clone(), fresh) {
+        (Some(s), _) => s,
+        // New, or deleted and created again: the CA Secrets of the earlier one are still here.
+        (None, true) => RotationState::stable(generation_to_adopt(&ctx, &name).await?),
+        (None, false) => RotationState::stable(legacy_generation(&status).unwrap_or(1)),
+    };
     let mut new_status = status.clone();
     new_status.observed_generation = auth.metadata.generation;
 
@@ -278,7 +374,7 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
 
     // The CA the user supplies, when there is one: vetted on every look.
     let supplied = match &auth.spec.ca.secret_ref {
-        Some(r) => match load_supplied_ca(&ctx, &r.name, now).await? {
+        Some(r) => match load_supplied_ca(&ctx, &auth, &r.name, now).await? {
             Ok(v) => Some(v),
             Err(nr) => not_ready!(nr),
         },
@@ -294,7 +390,7 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     let mut cas: BTreeMap<u32, SigningCa> = BTreeMap::new();
     for generation in std::iter::once(state.from).chain(state.to) {
         let allowed = fresh && generation == state.from;
-        match ensure_generation(&ctx, &auth, generation, allowed.then(mint), now).await? {
+        match ensure_generation(&ctx, &auth, generation, allowed.then(mint), supplied.as_ref(), now).await? {
             Ok(ca) => cas.insert(generation, ca),
             Err(nr) => not_ready!(nr),
         };
@@ -339,7 +435,7 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     if state.wants_to_start(&obs) {
         // Mint (create-only) before persisting the start: a crash in between finds this same
         // generation again next time instead of minting another.
-        match ensure_generation(&ctx, &auth, obs.next_generation, Some(mint()), now).await? {
+        match ensure_generation(&ctx, &auth, obs.next_generation, Some(mint()), supplied.as_ref(), now).await? {
             Ok(ca) => cas.insert(obs.next_generation, ca),
             Err(nr) => not_ready!(nr),
         };
@@ -424,7 +520,17 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         auth.metadata.generation,
         now,
     );
-    write_status_with(&ctx, &auth, &status, new_status, true, "CaReady", message, now, Some(rotating_cond)).await?;
+    let anchors: Vec<String> = state.bundle().iter().filter_map(|g| cas[g].intermediate_anchor.clone()).collect();
+    let anchor_cond = intermediate_anchor_condition(&status.conditions, &anchors, auth.metadata.generation, now);
+    if let Some(c) = &anchor_cond {
+        if ctx.note_problem(&format!("authority/{name}/anchor"), &c.reason, &c.message) {
+            ctx.event(&auth.object_ref(&()), true, "IntermediateTrustAnchor", c.message.clone()).await;
+        }
+    } else {
+        ctx.clear_failures(&format!("authority/{name}/anchor"));
+    }
+    let extra = std::iter::once(rotating_cond).chain(anchor_cond).collect();
+    write_status_with(&ctx, &auth, &status, new_status, true, "CaReady", message, now, extra).await?;
 
     if let Some(t) = &transition {
         ctx.metrics.phase_changed(&name, t.to.as_str());
@@ -473,13 +579,15 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
 /// Labels an archived CA generation's Secret `mtls.io/ca-state=retired`.
 async fn mark_retired(ctx: &Context, authority: &str, generation: u32) {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
-    let patch = serde_json::json!({"metadata": {"labels": {"mtls.io/ca-state": "retired"}}});
+    let patch = serde_json::json!({"metadata": {"labels": {LABEL_CA_STATE: "retired"}}});
     if let Err(e) =
         api.patch(&ca_secret_name(authority, generation), &PatchParams::default(), &Patch::Merge(patch)).await
     {
         tracing::warn!(authority, generation, error = %e, "could not mark the retired CA");
     }
 }
+
+const LABEL_CA_STATE: &str = "mtls.io/ca-state";
 
 /// Writes status when it changed, with one Event when the Ready condition changes.
 #[allow(clippy::too_many_arguments)]
@@ -493,7 +601,7 @@ async fn write_status(
     message: String,
     now: Timestamp,
 ) -> Result<(), Error> {
-    let keep = status.conditions.iter().find(|c| c.type_ == "Rotating").cloned();
+    let keep = status.conditions.iter().filter(|c| c.type_ == "Rotating").cloned().collect();
     write_status_with(ctx, auth, status, new_status, ok, reason, message, now, keep).await
 }
 
@@ -507,12 +615,12 @@ async fn write_status_with(
     reason: &str,
     message: String,
     now: Timestamp,
-    rotating: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
+    extra: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 ) -> Result<(), Error> {
     let name = auth.name_any();
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", ok, reason, message.clone(), auth.metadata.generation, now)];
-    new_status.conditions.extend(rotating);
+    new_status.conditions.extend(extra);
     if new_status == *status {
         return Ok(());
     }
@@ -543,4 +651,50 @@ pub fn error_policy(auth: Arc<MtlsAuthority>, err: &Error, ctx: Arc<Context>) ->
     ctx.metrics.reconcile_error(err.reason());
     tracing::warn!(authority = %auth.name_any(), error = %err, failures = n, "authority reconcile failed");
     Action::requeue(super::retry_backoff(n, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_recreated_authority_takes_up_the_newest_live_ca_generation() {
+        assert_eq!(adoptable_generation(std::iter::empty()), 1, "nothing left behind: generation 1");
+        assert_eq!(adoptable_generation([(1, false)].into_iter()), 1);
+        assert_eq!(adoptable_generation([(1, true), (2, false)].into_iter()), 2, "rotated once: the active one");
+        // Deleted in the middle of a rotation, both are live: the newer one (DESIGN: a rotation
+        // cut short by deleting its authority is not resumed).
+        assert_eq!(adoptable_generation([(2, false), (1, false)].into_iter()), 2);
+        assert_eq!(adoptable_generation([(1, true), (2, true)].into_iter()), 3, "only retired CAs: a new one");
+    }
+
+    #[test]
+    fn an_intermediate_without_its_root_is_refused_unless_allowed() {
+        let now = Timestamp::now();
+        let (root, root_key) =
+            pki::generate_ca("Offline Root", &[], crate::crd::KeyAlgorithm::EcdsaP256, now, Duration::from_secs(86400))
+                .unwrap();
+        let (int, int_key) = pki::test_intermediate(&root, root_key.expose(), "Cluster Intermediate", now);
+        let ca = pki::load_ca(&int, int_key.expose(), None, now).unwrap();
+        assert_eq!(ca.intermediate_anchor.as_deref().map(|s| s.contains("Cluster Intermediate")), Some(true));
+        let mut auth: MtlsAuthority =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "a"}, "spec": {}})).unwrap();
+        let e = vet_anchor(&auth, &ca, "ns/int").unwrap_err();
+        assert_eq!(e.reason, "CaRootMissing");
+        assert!(e.message.contains("as ca.crt") && e.message.contains("allowIntermediateTrustAnchor"), "{}", e.message);
+        auth.spec.ca.allow_intermediate_trust_anchor = true;
+        assert!(vet_anchor(&auth, &ca, "ns/int").is_ok());
+        let c = intermediate_anchor_condition(&[], &[ca.intermediate_anchor.clone().unwrap()], Some(1), now).unwrap();
+        assert_eq!((c.type_.as_str(), c.status.as_str()), ("IntermediateTrustAnchor", "True"));
+        assert!(c.message.contains("OpenSSL"), "{}", c.message);
+        // With the root as ca.crt, or a self-signed CA, there is nothing to refuse or show.
+        let ca = pki::load_ca(&int, int_key.expose(), Some(&root), now).unwrap();
+        assert_eq!(ca.intermediate_anchor, None);
+        assert_eq!(ca.roots_pem.len(), 1);
+        auth.spec.ca.allow_intermediate_trust_anchor = false;
+        assert!(vet_anchor(&auth, &ca, "ns/int").is_ok());
+        assert!(intermediate_anchor_condition(&[], &[], Some(1), now).is_none());
+        let ca = pki::load_ca(&root, root_key.expose(), None, now).unwrap();
+        assert_eq!(ca.intermediate_anchor, None);
+    }
 }

@@ -248,6 +248,19 @@ pub fn owned_by(secret: &Secret, id: &MtlsIdentity) -> bool {
     secret.owner_references().iter().any(|o| o.uid == uid && o.controller == Some(true))
 }
 
+/// Whether `secret` is the one this operator wrote for an earlier `MtlsIdentity` of the same name
+/// (deleted and created again, e.g. `kubectl replace --force`), which the garbage collector has
+/// not removed yet. The new identity takes it over with a new certificate instead of reporting a
+/// conflict with its own predecessor.
+pub fn left_by_predecessor(secret: &Secret, id: &MtlsIdentity) -> bool {
+    let uid = id.uid().unwrap_or_default();
+    secret.labels().get(LABEL_MANAGED_BY).map(String::as_str) == Some(MANAGER)
+        && secret
+            .owner_references()
+            .iter()
+            .any(|o| o.controller == Some(true) && o.kind == "MtlsIdentity" && o.name == id.name_any() && o.uid != uid)
+}
+
 /// The Secret as it should be, given the certificate it should hold. Labels and annotations
 /// that others added are kept; ours are enforced.
 pub fn build_secret(
@@ -407,14 +420,17 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     } else {
         None
     };
+    let inherited = existing.as_ref().is_some_and(|s| left_by_predecessor(s, &id));
     if let Some(s) = &existing {
-        if !owned_by(s, &id) {
+        if !owned_by(s, &id) && !inherited {
             let p = conflict(&ns, &sname);
             return not_ready(&id, &ctx, &status, p, now).await;
         }
     }
 
-    let (current, issued) = match assess(existing.as_ref(), &want, &auth, now) {
+    // A predecessor's certificate is not this identity's: it gets its own.
+    let assessed = existing.as_ref().filter(|_| !inherited);
+    let (current, issued) = match assess(assessed, &want, &auth, now) {
         Ok(cur) => (cur, None),
         Err(kind) => {
             // A Secret deleted after it was issued is a repair, not a first issuance.
@@ -477,7 +493,7 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
                 Ok(_) => true,
                 Err(kube::Error::Api(ae)) if ae.code == 409 => {
                     let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
-                    if have.as_ref().is_some_and(|h| !owned_by(h, &id)) {
+                    if have.as_ref().is_some_and(|h| !owned_by(h, &id) && !left_by_predecessor(h, &id)) {
                         let p = conflict(&ns, &sname);
                         return not_ready(&id, &ctx, &status, p, now).await;
                     }

@@ -174,6 +174,22 @@ impl Context {
         self.reported.write().expect("report map lock poisoned").remove(&key);
     }
 
+    /// Drops everything kept about a deleted authority: it is no longer published to identities
+    /// (they become `AuthorityNotFound`, and are woken to say so), its gauges, its failure and
+    /// problem bookkeeping, and its re-issue limiter. A new authority of the same name starts
+    /// from nothing.
+    pub fn forget_authority(&self, name: &str) {
+        self.publish_authority(name, None);
+        // Wake its identities even if it was never published (it never became Ready).
+        let _ = self.authority_changed.send(name.to_string());
+        self.metrics.forget_authority(name);
+        let (key, sub) = (format!("authority/{name}"), format!("authority/{name}/"));
+        let ours = |k: &String| *k == key || k.starts_with(&sub);
+        self.failures.write().expect("failure map lock poisoned").retain(|k, _| !ours(k));
+        self.reported.write().expect("report map lock poisoned").retain(|k, _| !ours(k));
+        self.reissue_limiters.write().expect("limiter map lock poisoned").remove(name);
+    }
+
     /// Records one more failure for `key`; returns the consecutive count.
     pub fn note_failure(&self, key: &str) -> u32 {
         let mut f = self.failures.write().expect("failure map lock poisoned");

@@ -11,6 +11,13 @@
 //! Here a waiting identity costs a shared key in a FIFO and a set (~100 bytes), and a renewal or
 //! retry timer a key and an instant in two ordered maps; the controller only ever holds `limit`
 //! reconciles.
+//!
+//! Only identities that exist are handed out: the controller silently drops a request for an
+//! object missing from its cache, so an entry handed out for a deleted identity would otherwise
+//! hold its name until a timeout, and swallow the creation of a new identity of the same name
+//! meanwhile (a `kubectl replace --force` or a re-created namespace was never issued). And no
+//! trigger is ever swallowed: one that arrives while its identity is handed out is remembered
+//! until the controller has started it.
 
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
@@ -26,8 +33,12 @@ use crate::crd::MtlsIdentity;
 /// `namespace/name`, shared by every structure that holds the identity.
 type Key = Arc<str>;
 
+/// Whether the controller's cache holds the identity.
+pub type Exists = dyn Fn(&ObjectRef<MtlsIdentity>) -> bool + Send + Sync;
+
 /// Handed to the controller but not started after this long: the controller dropped it (the
-/// identity was deleted meanwhile), so it no longer counts against the limit.
+/// identity was deleted between the hand-out and the controller's look-up, a race the check at
+/// hand-out leaves open), so it no longer counts against the limit.
 const HANDED_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
@@ -36,8 +47,9 @@ struct State {
     fifo: VecDeque<Key>,
     /// What `fifo` really holds.
     queued: HashSet<Key>,
-    /// Handed to the controller, not started yet.
-    handed: HashMap<Key, Instant>,
+    /// Handed to the controller, not started yet: since when, and whether it was queued again
+    /// meanwhile (then it is queued again if the controller drops it).
+    handed: HashMap<Key, (Instant, bool)>,
     /// Reconciles started and not finished.
     running: usize,
     /// One timer per identity at most: when it is due, the identity is queued.
@@ -66,7 +78,13 @@ impl State {
     }
 
     fn enqueue(&mut self, key: Key) -> bool {
-        if self.queued.contains(&key) || self.handed.contains_key(&key) {
+        if let Some((_, again)) = self.handed.get_mut(&key) {
+            // The controller reads the object when it starts the reconcile: nothing to add unless
+            // it never starts it.
+            *again = true;
+            return false;
+        }
+        if self.queued.contains(&key) {
             return false;
         }
         self.queued.insert(key.clone());
@@ -171,28 +189,47 @@ impl WorkQueue {
         Running { queue: self.clone() }
     }
 
-    /// The next identity to hand to the controller, if there is one and there is room.
-    fn pop(&self) -> Option<ObjectRef<MtlsIdentity>> {
+    /// The next identity to hand to the controller, if there is one and there is room. Entries
+    /// for identities that do not `exist` (deleted, or not in the cache yet: their own watch
+    /// event queues them again) are dropped.
+    fn pop(&self, exists: &Exists) -> Option<ObjectRef<MtlsIdentity>> {
         let mut st = self.lock();
         let now = Instant::now();
-        st.handed.retain(|_, at| now.duration_since(*at) < HANDED_TIMEOUT);
+        let expired: Vec<(Key, bool)> = st
+            .handed
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) >= HANDED_TIMEOUT)
+            .map(|(k, (_, again))| (k.clone(), *again))
+            .collect();
+        for (key, again) in expired {
+            st.handed.remove(&key);
+            if again {
+                st.enqueue(key.clone());
+            }
+            st.release(&key);
+        }
         while st.running + st.handed.len() < self.limit {
             let key = st.fifo.pop_front()?;
             if !st.queued.remove(&key) {
                 continue; // forgotten while it waited
             }
-            st.handed.insert(key.clone(), now);
             let (namespace, name) = key.split_once('/').unwrap_or(("", &key));
-            return Some(ObjectRef::new(name).within(namespace));
+            let r = ObjectRef::new(name).within(namespace);
+            if !exists(&r) {
+                st.release(&key);
+                continue;
+            }
+            st.handed.insert(key.clone(), (now, false));
+            return Some(r);
         }
         None
     }
 
     /// Identities handed out first in, first out, as room allows. Runs forever.
-    pub async fn next(&self) -> ObjectRef<MtlsIdentity> {
+    pub async fn next(&self, exists: &Exists) -> ObjectRef<MtlsIdentity> {
         loop {
             let notified = self.changed.notified();
-            if let Some(r) = self.pop() {
+            if let Some(r) = self.pop(exists) {
                 return r;
             }
             // While waiting, a handed-out entry that is never started must not block for ever.
@@ -200,11 +237,16 @@ impl WorkQueue {
         }
     }
 
-    /// The stream the controller is given: [`WorkQueue::next`], over and over.
-    pub fn handed_out(self: Arc<Self>) -> impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static {
-        futures::stream::unfold(self, |q| async move {
-            let r = q.next().await;
-            Some((r, q))
+    /// The stream the controller is given: [`WorkQueue::next`], over and over. `exists` tells
+    /// whether the controller's cache holds the identity (the controller looks it up there).
+    pub fn handed_out(
+        self: Arc<Self>,
+        exists: impl Fn(&ObjectRef<MtlsIdentity>) -> bool + Send + Sync + 'static,
+    ) -> impl futures::Stream<Item = ObjectRef<MtlsIdentity>> + Send + 'static {
+        let exists: Arc<Exists> = Arc::new(exists);
+        futures::stream::unfold((self, exists), |(q, exists)| async move {
+            let r = q.next(&*exists).await;
+            Some((r, (q, exists)))
         })
     }
 
@@ -254,6 +296,9 @@ impl WorkQueue {
 mod tests {
     use super::*;
 
+    /// Every identity exists.
+    static ALL: fn(&ObjectRef<MtlsIdentity>) -> bool = |_| true;
+
     fn name(r: &ObjectRef<MtlsIdentity>) -> String {
         format!("{}/{}", r.namespace.as_deref().unwrap_or_default(), r.name)
     }
@@ -264,40 +309,40 @@ mod tests {
         for n in ["a", "b", "a", "c", "d"] {
             q.push("ns", n);
         }
-        let first = q.next().await;
-        let second = q.next().await;
+        let first = q.next(&ALL).await;
+        let second = q.next(&ALL).await;
         assert_eq!((name(&first), name(&second)), ("ns/a".into(), "ns/b".into()));
         // Two handed out: no room until one starts and finishes.
-        assert!(q.pop().is_none());
+        assert!(q.pop(&ALL).is_none());
         let a = q.started("ns", "a");
-        assert!(q.pop().is_none(), "a running reconcile still counts");
+        assert!(q.pop(&ALL).is_none(), "a running reconcile still counts");
         // Queued again while running: it must run again afterwards (its reconcile may have read
         // the old state), but once only.
         q.push("ns", "a");
         q.push("ns", "a");
         drop(a);
-        assert_eq!(name(&q.next().await), "ns/c");
+        assert_eq!(name(&q.next(&ALL).await), "ns/c");
         let _b = q.started("ns", "b");
         let _c = q.started("ns", "c");
         assert_eq!(q.counts(), (2, 0, 2, 0));
         drop(_b);
-        assert_eq!(name(&q.next().await), "ns/d");
+        assert_eq!(name(&q.next(&ALL).await), "ns/d");
         drop(_c);
-        assert_eq!(name(&q.next().await), "ns/a");
-        assert!(q.pop().is_none());
+        assert_eq!(name(&q.next(&ALL).await), "ns/a");
+        assert!(q.pop(&ALL).is_none());
     }
 
     #[tokio::test]
     async fn handed_out_but_not_started_is_not_queued_twice() {
         let q = WorkQueue::new(10);
         q.push("ns", "a");
-        assert_eq!(name(&q.next().await), "ns/a");
+        assert_eq!(name(&q.next(&ALL).await), "ns/a");
         // The controller will read the latest object when it starts it: no second entry.
         q.push("ns", "a");
-        assert!(q.pop().is_none());
+        assert!(q.pop(&ALL).is_none());
         let _a = q.started("ns", "a");
         q.push("ns", "a");
-        assert_eq!(name(&q.next().await), "ns/a");
+        assert_eq!(name(&q.next(&ALL).await), "ns/a");
     }
 
     #[tokio::test]
@@ -307,8 +352,8 @@ mod tests {
         q.push("ns", "kept");
         q.schedule("ns", "gone", Duration::from_secs(60));
         q.forget("ns", "gone");
-        assert_eq!(name(&q.next().await), "ns/kept");
-        assert!(q.pop().is_none());
+        assert_eq!(name(&q.next(&ALL).await), "ns/kept");
+        assert!(q.pop(&ALL).is_none());
         drop(q.started("ns", "kept"));
         assert_eq!(q.counts(), (0, 0, 0, 0));
         assert!(q.lock().keys.is_empty(), "no key is kept for identities nothing refers to");
@@ -330,7 +375,7 @@ mod tests {
         let start = Instant::now();
         let mut order = vec![];
         for _ in 0..3 {
-            let r = q.next().await;
+            let r = q.next(&ALL).await;
             order.push((name(&r), (Instant::now() - start).as_secs()));
             drop(q.started(r.namespace.as_deref().unwrap(), &r.name));
         }
@@ -344,9 +389,41 @@ mod tests {
         let q = WorkQueue::new(1);
         q.push("ns", "deleted-meanwhile");
         q.push("ns", "next");
-        assert_eq!(name(&q.next().await), "ns/deleted-meanwhile");
+        assert_eq!(name(&q.next(&ALL).await), "ns/deleted-meanwhile");
         // Never started: after the timeout the next one is handed out anyway.
-        let next = tokio::time::timeout(HANDED_TIMEOUT * 2, q.next()).await.expect("not blocked for ever");
+        let next = tokio::time::timeout(HANDED_TIMEOUT * 2, q.next(&ALL)).await.expect("not blocked for ever");
         assert_eq!(name(&next), "ns/next");
+    }
+
+    #[tokio::test]
+    async fn identities_that_do_not_exist_are_not_handed_out_and_hold_nothing() {
+        let q = WorkQueue::new(1);
+        let deleted = |r: &ObjectRef<MtlsIdentity>| r.name != "gone";
+        // A trigger for a deleted identity (its Secret's deletion by the garbage collector).
+        q.push("ns", "gone");
+        q.push("ns", "kept");
+        assert_eq!(name(&q.next(&deleted).await), "ns/kept");
+        drop(q.started("ns", "kept"));
+        assert_eq!(q.counts(), (0, 0, 0, 0));
+        // Re-created under the same name: handed out at once, not after a timeout.
+        q.push("ns", "gone");
+        assert_eq!(name(&q.pop(&ALL).expect("the new identity is handed out at once")), "ns/gone");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_seen_while_handed_out_is_kept_if_the_controller_drops_the_entry() {
+        let q = WorkQueue::new(10);
+        q.push("ns", "a");
+        assert_eq!(name(&q.next(&ALL).await), "ns/a");
+        // The identity is deleted and created again before the controller looked it up.
+        q.push("ns", "a");
+        assert!(q.pop(&ALL).is_none(), "not handed out twice at once");
+        let again = tokio::time::timeout(HANDED_TIMEOUT * 2, q.next(&ALL)).await.expect("the trigger was kept");
+        assert_eq!(name(&again), "ns/a");
+        // Started: a trigger that arrived before the start needs nothing more.
+        q.push("ns", "a");
+        drop(q.started("ns", "a"));
+        assert!(tokio::time::timeout(HANDED_TIMEOUT * 2, q.next(&ALL)).await.is_err());
+        assert_eq!(q.counts(), (0, 0, 0, 0));
     }
 }
