@@ -10,7 +10,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use futures::{StreamExt, TryStreamExt, future};
+use futures::{StreamExt, future};
 use k8s_openapi::{
     api::core::v1::{ConfigMap, Namespace, Secret},
     apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
@@ -207,49 +207,47 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
     let auth_stream = reflector::reflector(
         auth_writer,
-        watcher(Api::<MtlsAuthority>::all(client.clone()), watcher::Config::default()).modify(slim),
+        api_health.resilient("authorities", {
+            let api = Api::<MtlsAuthority>::all(client.clone());
+            move || watcher(api.clone(), watch_config()).modify(slim)
+        }),
     )
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
     .inspect(departures(auth_store.clone(), {
         let ctx = ctx.clone();
         move |a: &MtlsAuthority| ctx.forget_authority(&a.name_any())
     }))
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let ca_secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace),
-        watcher::Config::default(),
-    )
-    .modify(slim)
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
-    .touched_objects();
+    let ca_secrets = api_health
+        .resilient("CA Secrets", {
+            let api = Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace);
+            move || watcher(api.clone(), watch_config()).modify(slim)
+        })
+        .touched_objects();
     let bundle_configmaps = reflector::reflector(
         cm_writer,
-        watcher(Api::<ConfigMap>::all(client.clone()), watcher::Config::default().labels(&managed_selector()))
-            .modify(slim),
+        api_health.resilient("bundle ConfigMaps", {
+            let api = Api::<ConfigMap>::all(client.clone());
+            move || watcher(api.clone(), watch_config().labels(&managed_selector())).modify(slim)
+        }),
     )
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
     .touched_objects();
     let bundle_namespaces = reflector::reflector(
         bundle_ns_writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()).modify(slim),
+        api_health.resilient("namespaces (bundles)", {
+            let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+            move || watcher(api.clone(), watch_config()).modify(slim)
+        }),
     )
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
     // Sources of additionalCAs are plain ConfigMaps in the operator's namespace.
-    let source_configmaps = watcher(
-        Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace),
-        watcher::Config::default(),
-    )
-    .modify(slim)
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
-    .touched_objects();
+    let source_configmaps = api_health
+        .resilient("additionalCAs ConfigMaps", {
+            let api = Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace);
+            move || watcher(api.clone(), watch_config()).modify(slim)
+        })
+        .touched_objects();
     let auth_lookup = auth_store.clone();
     let source_lookup = auth_store.clone();
     let all_authorities = auth_store.clone();
@@ -316,10 +314,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ctx.clone(),
         reflector::reflector(
             id_writer,
-            watcher(Api::<MtlsIdentity>::all(client.clone()), watcher::Config::default())
-                .modify(slim_identity)
-                .default_backoff()
-                .inspect_err(suspect(&api_health)),
+            api_health.resilient("identities", {
+                let api = Api::<MtlsIdentity>::all(client.clone());
+                move || watcher(api.clone(), watch_config()).modify(slim_identity)
+            }),
         )
         .inspect(departures(id_store.clone(), {
             let ctx = ctx.clone();
@@ -342,31 +340,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Each (re)list of our Secrets: a Secret deleted while the watch was down shows up only as
     // missing from the new list, so identities whose Secret is missing are queued then.
     let (relisted_tx, mut relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let owned_secrets = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        watcher::Config::default().labels(&managed_selector()),
-    )
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
-    .inspect({
-        let cache = secret_cache.clone();
-        move |event| {
-            if let Ok(event) = event {
-                cache.apply(event);
-                if matches!(event, watcher::Event::InitDone) {
-                    let _ = relisted_tx.send(());
+    let owned_secrets = api_health
+        .resilient("identity Secrets", {
+            let api = Api::<PartialObjectMeta<Secret>>::all(client.clone());
+            move || watcher(api.clone(), watch_config().labels(&managed_selector()))
+        })
+        .inspect({
+            let cache = secret_cache.clone();
+            move |event| {
+                if let Ok(event) = event {
+                    cache.apply(event);
+                    if matches!(event, watcher::Event::InitDone) {
+                        let _ = relisted_tx.send(());
+                    }
                 }
             }
-        }
-    })
-    .touched_objects();
+        })
+        .touched_objects();
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = reflector::reflector(
         ns_writer,
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watcher::Config::default()).modify(slim),
+        api_health.resilient("namespaces (policy)", {
+            let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
+            move || watcher(api.clone(), watch_config()).modify(slim)
+        }),
     )
-    .default_backoff()
-    .inspect_err(suspect(&api_health))
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
     // Bulk wake-ups walk the identity cache and queue what they name; nothing is collected.
@@ -549,10 +547,10 @@ fn slim_identity(id: &mut MtlsIdentity) {
 /// keeps little and a backlog stays in the queue's order.
 const IN_CONTROLLER_PER_SLOT: usize = 2;
 
-/// Reports a failed watch to the API health check (which then checks the API at once).
-fn suspect(health: &Arc<ApiHealth>) -> impl FnMut(&watcher::Error) + use<> {
-    let health = health.clone();
-    move |_| health.suspect("watch failed")
+/// Every watch: ended by the API server after a bounded lifetime and resumed (see
+/// `apihealth::WATCH_LIFETIME_SECS`), with bookmarks.
+fn watch_config() -> watcher::Config {
+    watcher::Config::default().timeout(crate::apihealth::WATCH_LIFETIME_SECS)
 }
 
 /// On each recovery signal, the objects (of the given key prefix) that have failed since their
