@@ -33,6 +33,7 @@ lint() { # description, then extra helm arguments
 }
 lint "default values"
 lint "optional features" --set serviceMonitor.enabled=true --set authority.ca.secretRef.name=my-ca \
+  --set authority.ca.allowIntermediateTrustAnchor=true \
   --set authority.rotation.autoRotateBefore=720h --set authority.policy.allowedDnsNames[0]='*.internal.example.com'
 lint "single replica, no leader election" --set replicaCount=1 --set leaderElection.enabled=false \
   --set authority.create=false
