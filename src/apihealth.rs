@@ -47,6 +47,9 @@ pub fn watch_retry_delay(failures: u32) -> Duration {
     base.min(Duration::from_secs(4))
 }
 
+/// One item of a kube-runtime watch stream.
+pub type WatchItem<K> = Result<watcher::Event<K>, watcher::Error>;
+
 pub struct ApiHealth {
     reachable: AtomicBool,
     synced: AtomicBool,
@@ -115,19 +118,15 @@ impl ApiHealth {
     /// 35 s late, while the process sat idle. The watch also runs in a task of its own and hands
     /// its events over one at a time, so its retries keep their schedule whatever its consumer is
     /// busy with.
-    pub fn resilient<K, S>(
+    pub fn resilient<K: Send + 'static, S: Stream<Item = WatchItem<K>> + Send + 'static>(
         self: &Arc<Self>,
         name: &'static str,
         make: impl Fn() -> S + Send + 'static,
-    ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
-    where
-        K: Send + 'static,
-        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    {
+    ) -> impl Stream<Item = WatchItem<K>> + Send + 'static {
         self.unsynced().insert(name);
         self.publish();
         let (tx, rx) = tokio::sync::mpsc::channel(1);
-        let events = self.keep_watching(name, make);
+        let events = keep_watching(self.clone(), name, make);
         tokio::spawn(async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
@@ -142,66 +141,6 @@ impl ApiHealth {
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 health.unsynced().remove(name);
                 health.publish();
-            }
-        })
-    }
-
-    fn keep_watching<K, S>(
-        self: &Arc<Self>,
-        name: &'static str,
-        make: impl Fn() -> S + Send + 'static,
-    ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
-    where
-        K: Send + 'static,
-        S: Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-    {
-        struct Watch<S, F> {
-            make: F,
-            inner: Option<std::pin::Pin<Box<S>>>,
-            failures: u32,
-            health: Arc<ApiHealth>,
-            recoveries: tokio::sync::watch::Receiver<u64>,
-        }
-        let st =
-            Watch { make, inner: None, failures: 0, health: self.clone(), recoveries: self.recoveries.subscribe() };
-        futures::stream::unfold(st, move |mut st| async move {
-            loop {
-                let inner = match st.inner.as_mut() {
-                    Some(inner) => inner,
-                    None => {
-                        if st.failures > 0 {
-                            let mut recoveries = st.recoveries.clone();
-                            tokio::select! {
-                                _ = tokio::time::sleep(watch_retry_delay(st.failures)) => {}
-                                _ = recoveries.changed() => {}
-                            }
-                        }
-                        st.recoveries.mark_unchanged();
-                        if st.failures > 0 {
-                            tracing::debug!(watch = name, failures = st.failures, "relisting");
-                        }
-                        st.inner.insert(Box::pin((st.make)()))
-                    }
-                };
-                match inner.next().await {
-                    Some(Ok(event)) => {
-                        if matches!(event, watcher::Event::InitDone) && st.failures > 0 {
-                            tracing::info!(watch = name, "watch relisted; its cache is complete again");
-                            st.failures = 0;
-                        }
-                        return Some((Ok(event), st));
-                    }
-                    // Handled here (logged, readiness, relist): a watch error passed on into a
-                    // kube-runtime controller's triggers stalled that controller's triggers for
-                    // tens of seconds (seen after an API server restart).
-                    Some(Err(e)) => {
-                        st.failures += 1;
-                        st.inner = None;
-                        st.health.watch_failed(name, &e, st.failures);
-                    }
-                    // kube-runtime's watcher never ends; if one did, start another.
-                    None => st.inner = None,
-                }
             }
         })
     }
@@ -268,6 +207,63 @@ impl ApiHealth {
     }
 }
 
+/// The watch loop behind [`ApiHealth::resilient`]: a fresh watcher after each failure, errors
+/// reported to `health` and not passed on.
+fn keep_watching<K: Send + 'static, S: Stream<Item = WatchItem<K>> + Send + 'static>(
+    health: Arc<ApiHealth>,
+    name: &'static str,
+    make: impl Fn() -> S + Send + 'static,
+) -> impl Stream<Item = WatchItem<K>> + Send + 'static {
+    struct Watch<S, F> {
+        make: F,
+        inner: Option<std::pin::Pin<Box<S>>>,
+        failures: u32,
+        health: Arc<ApiHealth>,
+        recoveries: tokio::sync::watch::Receiver<u64>,
+    }
+    let st = Watch { make, inner: None, failures: 0, recoveries: health.recoveries.subscribe(), health };
+    futures::stream::unfold(st, move |mut st| async move {
+        loop {
+            let inner = match st.inner.as_mut() {
+                Some(inner) => inner,
+                None => {
+                    if st.failures > 0 {
+                        let mut recoveries = st.recoveries.clone();
+                        tokio::select! {
+                            _ = tokio::time::sleep(watch_retry_delay(st.failures)) => {}
+                            _ = recoveries.changed() => {}
+                        }
+                    }
+                    st.recoveries.mark_unchanged();
+                    if st.failures > 0 {
+                        tracing::debug!(watch = name, failures = st.failures, "relisting");
+                    }
+                    st.inner.insert(Box::pin((st.make)()))
+                }
+            };
+            match inner.next().await {
+                Some(Ok(event)) => {
+                    if matches!(event, watcher::Event::InitDone) && st.failures > 0 {
+                        tracing::info!(watch = name, "watch relisted; its cache is complete again");
+                        st.failures = 0;
+                    }
+                    return Some((Ok(event), st));
+                }
+                // Handled here (logged, readiness, relist): a watch error passed on into a
+                // kube-runtime controller's triggers stalled that controller's triggers for
+                // tens of seconds (seen after an API server restart).
+                Some(Err(e)) => {
+                    st.failures += 1;
+                    st.inner = None;
+                    st.health.watch_failed(name, &e, st.failures);
+                }
+                // kube-runtime's watcher never ends; if one did, start another.
+                None => st.inner = None,
+            }
+        }
+    })
+}
+
 /// `GET /readyz` of the API server: fails when the server is down, shutting down, or cannot reach
 /// etcd. Allowed to every client by the default `system:public-info-viewer` role.
 async fn check(client: &Client) -> bool {
@@ -307,7 +303,7 @@ mod tests {
         assert!(!h.is_reachable());
     }
 
-    type Item = Result<watcher::Event<u32>, watcher::Error>;
+    type Item = WatchItem<u32>;
 
     /// A fake watch driven by the test: each call of the factory starts the next of `n` watches,
     /// whose events the test sends through the returned senders.

@@ -207,10 +207,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
     let auth_stream = reflector::reflector(
         auth_writer,
-        api_health.resilient("authorities", {
-            let api = Api::<MtlsAuthority>::all(client.clone());
-            move || watcher(api.clone(), watch_config()).modify(slim)
-        }),
+        watch(&api_health, "authorities", Api::<MtlsAuthority>::all(client.clone()), watch_config(), slim),
     )
     .inspect(departures(auth_store.clone(), {
         let ctx = ctx.clone();
@@ -218,36 +215,46 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }))
     .applied_objects()
     .predicate_filter(predicates::generation, PredicateConfig::default());
-    let ca_secrets = api_health
-        .resilient("CA Secrets", {
-            let api = Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace);
-            move || watcher(api.clone(), watch_config()).modify(slim)
-        })
-        .touched_objects();
+    let ca_secrets = watch(
+        &api_health,
+        "CA Secrets",
+        Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &config.namespace),
+        watch_config(),
+        slim,
+    )
+    .touched_objects();
     let bundle_configmaps = reflector::reflector(
         cm_writer,
-        api_health.resilient("bundle ConfigMaps", {
-            let api = Api::<ConfigMap>::all(client.clone());
-            move || watcher(api.clone(), watch_config().labels(&managed_selector())).modify(slim)
-        }),
+        watch(
+            &api_health,
+            "bundle ConfigMaps",
+            Api::<ConfigMap>::all(client.clone()),
+            watch_config().labels(&managed_selector()),
+            slim,
+        ),
     )
     .touched_objects();
     let bundle_namespaces = reflector::reflector(
         bundle_ns_writer,
-        api_health.resilient("namespaces (bundles)", {
-            let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
-            move || watcher(api.clone(), watch_config()).modify(slim)
-        }),
+        watch(
+            &api_health,
+            "namespaces (bundles)",
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watch_config(),
+            slim,
+        ),
     )
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
     // Sources of additionalCAs are plain ConfigMaps in the operator's namespace.
-    let source_configmaps = api_health
-        .resilient("additionalCAs ConfigMaps", {
-            let api = Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace);
-            move || watcher(api.clone(), watch_config()).modify(slim)
-        })
-        .touched_objects();
+    let source_configmaps = watch(
+        &api_health,
+        "additionalCAs ConfigMaps",
+        Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &config.namespace),
+        watch_config(),
+        slim,
+    )
+    .touched_objects();
     let auth_lookup = auth_store.clone();
     let source_lookup = auth_store.clone();
     let all_authorities = auth_store.clone();
@@ -314,10 +321,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         ctx.clone(),
         reflector::reflector(
             id_writer,
-            api_health.resilient("identities", {
-                let api = Api::<MtlsIdentity>::all(client.clone());
-                move || watcher(api.clone(), watch_config()).modify(slim_identity)
-            }),
+            watch(&api_health, "identities", Api::<MtlsIdentity>::all(client.clone()), watch_config(), slim_identity),
         )
         .inspect(departures(id_store.clone(), {
             let ctx = ctx.clone();
@@ -340,30 +344,35 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Each (re)list of our Secrets: a Secret deleted while the watch was down shows up only as
     // missing from the new list, so identities whose Secret is missing are queued then.
     let (relisted_tx, mut relisted_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let owned_secrets = api_health
-        .resilient("identity Secrets", {
-            let api = Api::<PartialObjectMeta<Secret>>::all(client.clone());
-            move || watcher(api.clone(), watch_config().labels(&managed_selector()))
-        })
-        .inspect({
-            let cache = secret_cache.clone();
-            move |event| {
-                if let Ok(event) = event {
-                    cache.apply(event);
-                    if matches!(event, watcher::Event::InitDone) {
-                        let _ = relisted_tx.send(());
-                    }
+    let owned_secrets = watch(
+        &api_health,
+        "identity Secrets",
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watch_config().labels(&managed_selector()),
+        slim,
+    )
+    .inspect({
+        let cache = secret_cache.clone();
+        move |event| {
+            if let Ok(event) = event {
+                cache.apply(event);
+                if matches!(event, watcher::Event::InitDone) {
+                    let _ = relisted_tx.send(());
                 }
             }
-        })
-        .touched_objects();
+        }
+    })
+    .touched_objects();
     let (ns_store, ns_writer) = reflector::store();
     let namespaces = reflector::reflector(
         ns_writer,
-        api_health.resilient("namespaces (policy)", {
-            let api = Api::<PartialObjectMeta<Namespace>>::all(client.clone());
-            move || watcher(api.clone(), watch_config()).modify(slim)
-        }),
+        watch(
+            &api_health,
+            "namespaces (policy)",
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            watch_config(),
+            slim,
+        ),
     )
     .touched_objects()
     .predicate_filter(predicates::labels, PredicateConfig::default());
@@ -551,6 +560,21 @@ const IN_CONTROLLER_PER_SLOT: usize = 2;
 /// `apihealth::WATCH_LIFETIME_SECS`), with bookmarks.
 fn watch_config() -> watcher::Config {
     watcher::Config::default().timeout(crate::apihealth::WATCH_LIFETIME_SECS)
+}
+
+/// A watch that relists by itself after a failure and holds readiness until it has (see
+/// `ApiHealth::resilient`), its objects passed through `slim` before they are cached.
+fn watch<K>(
+    health: &Arc<ApiHealth>,
+    name: &'static str,
+    api: Api<K>,
+    config: watcher::Config,
+    slim: fn(&mut K),
+) -> impl futures::Stream<Item = crate::apihealth::WatchItem<K>> + Send + 'static
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    health.resilient(name, move || watcher(api.clone(), config.clone()).modify(slim))
 }
 
 /// On each recovery signal, the objects (of the given key prefix) that have failed since their

@@ -521,6 +521,17 @@ pub fn root_and_intermediate(d: &Path) -> (String, String, String) {
     (root, int, key)
 }
 
+/// A supplied CA: a `kubernetes.io/tls` Secret with these keys, in the operator's namespace.
+async fn create_ca_secret(secrets: &Api<Secret>, name: &str, data: &[(&str, String)]) {
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta { name: Some(name.to_string()), ..Default::default() },
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(data.iter().map(|(k, v)| (k.to_string(), ByteString(v.clone().into_bytes()))).collect()),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+}
+
 #[tokio::test]
 async fn supplied_intermediate_ca_with_chain() {
     harness::operator().await;
@@ -530,18 +541,12 @@ async fn supplied_intermediate_ca_with_chain() {
     let (root, int, key) = root_and_intermediate(d);
     let secret_name = format!("supplied-{:06x}", harness::rand_u32() & 0xffffff);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let secret: Secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(secret_name.clone()), ..Default::default() },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [("tls.crt", format!("{int}{root}")), ("tls.key", key), ("ca.crt", root.clone())]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    create_ca_secret(
+        &secrets,
+        &secret_name,
+        &[("tls.crt", format!("{int}{root}")), ("tls.key", key), ("ca.crt", root.clone())],
+    )
+    .await;
     let auth =
         TestAuthority::create(&client, "supplied", serde_json::json!({"ca": {"secretRef": {"name": secret_name}}}))
             .await;
@@ -581,18 +586,7 @@ async fn an_intermediate_without_its_root_is_refused_unless_allowed() {
     let (root, int, key) = root_and_intermediate(d);
     let secret_name = format!("int-only-{:06x}", harness::rand_u32() & 0xffffff);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
-    let secret: Secret = Secret {
-        metadata: kube::api::ObjectMeta { name: Some(secret_name.clone()), ..Default::default() },
-        type_: Some("kubernetes.io/tls".into()),
-        data: Some(
-            [("tls.crt", int.clone()), ("tls.key", key)]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
-                .collect(),
-        ),
-        ..Default::default()
-    };
-    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    create_ca_secret(&secrets, &secret_name, &[("tls.crt", int.clone()), ("tls.key", key)]).await;
     let anchor_condition = |a: &MtlsAuthority| {
         a.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "IntermediateTrustAnchor").cloned())
     };
