@@ -13,8 +13,8 @@ use jiff::Timestamp;
 use x509_parser::{certificate::X509Certificate, prelude::FromDer};
 
 use crate::{
-    crd::{KeyAlgorithm, MtlsAuthoritySpec, MtlsIdentitySpec, Usage},
-    duration, pki, policy,
+    api::{KeyAlgorithm, MtlsAuthoritySpec, MtlsIdentitySpec, Usage},
+    core::{duration, pki, policy},
 };
 
 /// A fuzz target: raw input in, a panic when an invariant breaks.

@@ -126,7 +126,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             init_tracing(args.log_format);
             let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-            let config = mtls_operator::operator::Config {
+            let config = mtls_operator::process::Config {
                 namespace: args.namespace,
                 listen: args.listen,
                 issuance_rate: args.issuance_rate,
@@ -135,7 +135,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 exit_on_stdin_close: args.exit_on_stdin_close,
                 leader_election: args.leader_elect.then_some(args.lease_name),
             };
-            if let Err(e) = mtls_operator::operator::run(config).await {
+            if let Err(e) = mtls_operator::process::run(config).await {
                 tracing::error!(error = format!("{e:#}"), "operator stopped");
                 std::process::exit(1);
             }

@@ -24,7 +24,7 @@ use kube::{
         watcher,
     },
 };
-use mtls_operator::crd::MtlsIdentity;
+use mtls_operator::api::MtlsIdentity;
 
 /// What each step adds to the one before.
 pub const STEPS: [&str; 4] = ["create MtlsIdentity", "+ create Secret", "+ write status", "+ create Event"];

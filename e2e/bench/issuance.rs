@@ -49,7 +49,7 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
     runtime::{WatchStreamExt, watcher},
 };
-use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
 mod ceiling;
 mod chart;

@@ -12,7 +12,7 @@ use kube::{
     api::{ListParams, Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use mtls_operator::{crd::MtlsAuthority, rotation::Phase};
+use mtls_operator::api::{MtlsAuthority, Phase};
 
 pub struct Rotation {
     /// Each phase entered and when, seconds after the trigger.

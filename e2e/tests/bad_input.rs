@@ -133,10 +133,10 @@ fn unusable_cas(d: &Path) -> Vec<(&'static str, &'static str, &'static str, Secr
     let (dc, dc_key) = gen_ca("dc", &ec, &["subject=/DC=example/DC=com/CN=Issuing CA"]);
     let (multi, multi_key) = gen_ca("multi", &ec, &["subject=/O=Acme/CN=Issuing CA+OU=Ops", "-multivalue-rdn"]);
     let own = |at: &str| {
-        let (c, k) = mtls_operator::pki::generate_ca(
+        let (c, k) = mtls_operator::core::pki::generate_ca(
             "dated",
             &[],
-            mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+            mtls_operator::api::KeyAlgorithm::EcdsaP256,
             at.parse().unwrap(),
             Duration::from_secs(86400),
         )
@@ -547,7 +547,7 @@ async fn bad_input_is_refused_or_reported_and_never_stalls_issuance() {
         Some(format!("spiffe://cluster.local/ns/{n}/sa/valid").as_str())
     );
     let s = get_secret(&client, n, "valid-mtls").await;
-    let leaf = mtls_operator::pki::inspect_leaf(&crate::issuance::data(&s, "tls.crt"), "").unwrap();
+    let leaf = mtls_operator::core::pki::inspect_leaf(&crate::issuance::data(&s, "tls.crt"), "").unwrap();
     assert!(leaf.dns_names.contains(&"api.corp.example".to_string()), "{:?}", leaf.dns_names);
 
     // Nothing flaps: give the operator a few seconds to misbehave, then every bad object still
@@ -613,7 +613,7 @@ async fn an_authority_that_appears_later_is_reported_accurately() {
     let obj = json!({"metadata": {"name": name}, "spec": {"ca": {"secretRef": {"name": secret_name}},
         "trustBundle": {"configMapName": format!("{name}-bundle"),
                         "namespaceSelector": {"matchLabels": {"mtls-e2e/bundle": name}}}}});
-    Api::<mtls_operator::crd::MtlsAuthority>::all(client.clone())
+    Api::<mtls_operator::api::MtlsAuthority>::all(client.clone())
         .create(&PostParams::default(), &serde_json::from_value(obj).unwrap())
         .await
         .unwrap();
@@ -623,10 +623,10 @@ async fn an_authority_that_appears_later_is_reported_accurately() {
     assert!(id.status.unwrap().conditions[0].message.contains(&name));
 
     // The Secret arrives: the authority becomes Ready and the identity is issued.
-    let (crt, key) = mtls_operator::pki::generate_ca(
+    let (crt, key) = mtls_operator::core::pki::generate_ca(
         "late",
         &[],
-        mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+        mtls_operator::api::KeyAlgorithm::EcdsaP256,
         jiff::Timestamp::now(),
         Duration::from_secs(86400),
     )

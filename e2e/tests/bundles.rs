@@ -10,7 +10,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use mtls_operator::crd::MtlsAuthority;
+use mtls_operator::api::MtlsAuthority;
 
 use crate::{
     harness::{self, OPERATOR_NAMESPACE, TestNamespace},
@@ -91,13 +91,13 @@ async fn bundle_reaches_selected_namespaces_follows_the_selector_and_is_repaired
     for ns in &namespaces {
         let cm = wait_configmap(&client, &ns.name, &cm_name, 1).await;
         let pem_text = &cm.data.as_ref().unwrap()["ca.crt"];
-        let ders = mtls_operator::pki::parse_pem_certs("t", pem_text).unwrap();
+        let ders = mtls_operator::core::pki::parse_pem_certs("t", pem_text).unwrap();
         assert_eq!(ders.len(), 1);
-        assert_eq!(mtls_operator::pki::fingerprint(&ders[0]), fp);
+        assert_eq!(mtls_operator::core::pki::fingerprint(&ders[0]), fp);
         assert_eq!(cm.annotations().get("mtls.io/bundle-version").map(String::as_str), Some("1"));
         assert_eq!(
             cm.annotations().get("mtls.io/bundle-sha256"),
-            Some(&mtls_operator::pki::sha256_hex(pem_text.as_bytes()))
+            Some(&mtls_operator::core::pki::sha256_hex(pem_text.as_bytes()))
         );
     }
     wait_rollout_complete(&client, &auth.name, 20).await;
@@ -136,10 +136,10 @@ async fn bundle_reaches_selected_namespaces_follows_the_selector_and_is_repaired
 }
 
 fn extra_root(name: &str, now: jiff::Timestamp, life: u64) -> String {
-    mtls_operator::pki::generate_ca(
+    mtls_operator::core::pki::generate_ca(
         name,
         &[],
-        mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+        mtls_operator::api::KeyAlgorithm::EcdsaP256,
         now,
         Duration::from_secs(life),
     )

@@ -25,10 +25,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use mtls_operator::{
-    crd::{MtlsAuthority, MtlsIdentity},
-    rotation::Phase,
-};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity, Phase};
 use rand::Rng;
 
 use harness::{OPERATOR_NAMESPACE, OperatorProcess};
@@ -164,7 +161,7 @@ impl Setup {
             )
             .await
             .map_err(|e| e.to_string())?;
-        if history.items.len() > mtls_operator::controller::publish::HISTORY_KEPT {
+        if history.items.len() > mtls_operator::controllers::publish::HISTORY_KEPT {
             return Err(format!("{} bundle history ConfigMaps kept", history.items.len()));
         }
 

@@ -202,9 +202,9 @@ async fn metrics_report_each_identitys_expiry() {
     let s =
         Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &ns.name).get("app-mtls").await.unwrap();
     let crt = String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap();
-    let not_after = mtls_operator::pki::inspect_leaf(&crt, "").unwrap().facts.not_after.as_second();
+    let not_after = mtls_operator::core::pki::inspect_leaf(&crt, "").unwrap().facts.not_after.as_second();
     assert_eq!(
-        mtls_operator::controller::parse_rfc3339(id.status.unwrap().not_after.as_deref().unwrap()).unwrap().as_second(),
+        mtls_operator::controllers::parse_rfc3339(id.status.unwrap().not_after.as_deref().unwrap()).unwrap().as_second(),
         not_after
     );
     let (_, body) = harness::http_get(&format!("{}/metrics", op.metrics_url)).await.unwrap();
@@ -227,7 +227,7 @@ async fn metrics_report_each_identitys_expiry() {
     }
 
     // A deleted identity's series go away with it.
-    Api::<mtls_operator::crd::MtlsIdentity>::namespaced(client.clone(), &ns.name)
+    Api::<mtls_operator::api::MtlsIdentity>::namespaced(client.clone(), &ns.name)
         .delete("app", &Default::default())
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
-use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
 use crate::harness::{self, OPERATOR_NAMESPACE, TestNamespace};
 
@@ -299,8 +299,8 @@ pub fn mtls_in_memory(
 
 /// The SPIFFE URI(s) of a DER certificate, comma-separated.
 pub fn spiffe_of(cert: &rustls::pki_types::CertificateDer<'_>) -> String {
-    let pem_text = mtls_operator::pki::der_to_pem(cert);
-    mtls_operator::pki::inspect_leaf(&pem_text, "").map(|f| f.uris.join(",")).unwrap_or_default()
+    let pem_text = mtls_operator::core::pki::der_to_pem(cert);
+    mtls_operator::core::pki::inspect_leaf(&pem_text, "").map(|f| f.uris.join(",")).unwrap_or_default()
 }
 
 /// [`mtls_in_memory`] between two identity Secrets, each trusting its own `ca.crt`. Returns the
@@ -396,7 +396,7 @@ async fn generated_ca_issues_verifiable_identities() {
         assert!(text.contains(needle), "leaf lacks {needle:?}:\n{text}");
     }
     // notBefore is backdated a few minutes for clock skew.
-    let nb = mtls_operator::controller::parse_rfc3339(wst.not_before.as_deref().unwrap()).unwrap();
+    let nb = mtls_operator::controllers::parse_rfc3339(wst.not_before.as_deref().unwrap()).unwrap();
     let created = web.metadata.creation_timestamp.clone().unwrap().0;
     let backdate = created.duration_since(nb).as_secs();
     assert!((200..=400).contains(&backdate), "notBefore backdated by {backdate}s");
@@ -686,15 +686,15 @@ async fn racing_ca_creation_uses_the_winner() {
     // Another operator process "won": the generation-1 CA Secret exists before the authority.
     let name = format!("race-{:06x}", harness::rand_u32() & 0xffffff);
     let now = jiff::Timestamp::now();
-    let (crt, key) = mtls_operator::pki::generate_ca(
+    let (crt, key) = mtls_operator::core::pki::generate_ca(
         "winner",
         &[],
-        mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+        mtls_operator::api::KeyAlgorithm::EcdsaP256,
         now,
         Duration::from_secs(86400),
     )
     .unwrap();
-    let fp = mtls_operator::pki::fingerprint(&mtls_operator::pki::parse_pem_certs("t", &crt).unwrap()[0]);
+    let fp = mtls_operator::core::pki::fingerprint(&mtls_operator::core::pki::parse_pem_certs("t", &crt).unwrap()[0]);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let secret = Secret {
         metadata: kube::api::ObjectMeta {
@@ -809,7 +809,7 @@ async fn secrets_converge_and_idle_objects_cause_no_writes() {
         let secrets = secrets.clone();
         async move {
             let s = secrets.get("svc-mtls").await.ok()?;
-            let f = mtls_operator::pki::inspect_leaf(&data(&s, "tls.crt"), &data(&s, "tls.key")).ok()?;
+            let f = mtls_operator::core::pki::inspect_leaf(&data(&s, "tls.crt"), &data(&s, "tls.key")).ok()?;
             f.dns_names.contains(&"svc2".to_string()).then_some(f)
         }
     })

@@ -47,12 +47,12 @@ async fn one_leader_writes_and_a_standby_takes_over() {
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &nsobj).await.unwrap();
     let leases: Api<Lease> = Api::namespaced(client.clone(), &ns);
     // Something to reconcile, so that whoever leads does observable work.
-    let auth: mtls_operator::crd::MtlsAuthority = serde_json::from_value(serde_json::json!({
+    let auth: mtls_operator::api::MtlsAuthority = serde_json::from_value(serde_json::json!({
         "metadata": {"name": ns},
         "spec": {"trustBundle": {"configMapName": format!("{ns}-bundle"), "namespaceSelector": {"matchLabels": {"none": "none"}}}}
     }))
     .unwrap();
-    Api::<mtls_operator::crd::MtlsAuthority>::all(client.clone()).create(&PostParams::default(), &auth).await.unwrap();
+    Api::<mtls_operator::api::MtlsAuthority>::all(client.clone()).create(&PostParams::default(), &auth).await.unwrap();
 
     let mut a = start(&ns, "mtls-operator", "a");
     let first =
@@ -97,6 +97,6 @@ async fn one_leader_writes_and_a_standby_takes_over() {
     assert!(exited.success(), "graceful shutdown exits 0, got {exited:?}");
     assert_eq!(holder(&leases, "mtls-operator").await, None, "the Lease is released on shutdown");
 
-    let _ = Api::<mtls_operator::crd::MtlsAuthority>::all(client.clone()).delete(&ns, &DeleteParams::default()).await;
+    let _ = Api::<mtls_operator::api::MtlsAuthority>::all(client.clone()).delete(&ns, &DeleteParams::default()).await;
     let _ = Api::<Namespace>::all(client).delete(&ns, &DeleteParams::default()).await;
 }

@@ -16,7 +16,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
 };
-use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
 const SA: &str = "system:serviceaccount:mtls-system:mtls-operator";
 
@@ -166,7 +166,7 @@ async fn the_operator_works_as_the_charts_service_account() {
         .unwrap();
     wait("rotation", || async {
         let r = auths.get(&name).await.ok()?.status?.rotation?;
-        (r.phase == mtls_operator::rotation::Phase::Stable && r.from == 2).then_some(())
+        (r.phase == mtls_operator::api::Phase::Stable && r.from == 2).then_some(())
     })
     .await;
 

@@ -9,7 +9,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, PostParams},
 };
-use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
 use crate::{
     harness::{self, TestNamespace},

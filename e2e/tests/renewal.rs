@@ -128,7 +128,7 @@ async fn short_lived_certificates_renew_before_expiry_while_mtls_keeps_working()
         let (s_snap, c_snap) = (snapshot(&sdir), snapshot(&cdir));
         let (server, caller) = (secret_from_dir(&s_snap), secret_from_dir(&c_snap));
         for (who, sec) in [("api", &server), ("caller", &caller)] {
-            let f = mtls_operator::pki::inspect_leaf(&data(sec, "tls.crt"), &data(sec, "tls.key")).unwrap();
+            let f = mtls_operator::core::pki::inspect_leaf(&data(sec, "tls.crt"), &data(sec, "tls.key")).unwrap();
             let list = serials.entry(who).or_default();
             if list.last().map(|(s, ..)| s) != Some(&f.facts.serial) {
                 let spki = x509_spki(&data(sec, "tls.crt"));
@@ -188,7 +188,7 @@ async fn short_lived_certificates_renew_before_expiry_while_mtls_keeps_working()
 
 fn x509_spki(pem_text: &str) -> Vec<u8> {
     use x509_parser::prelude::FromDer;
-    let der = &mtls_operator::pki::parse_pem_certs("t", pem_text).unwrap()[0];
+    let der = &mtls_operator::core::pki::parse_pem_certs("t", pem_text).unwrap()[0];
     let (_, c) = x509_parser::certificate::X509Certificate::from_der(der).unwrap();
     c.public_key().raw.to_vec()
 }

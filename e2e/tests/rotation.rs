@@ -20,7 +20,7 @@ use kube::{
     api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use mtls_operator::crd::MtlsAuthority;
+use mtls_operator::api::MtlsAuthority;
 use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
@@ -318,7 +318,7 @@ async fn watch_phases(
 fn stable_at(generation: u32) -> impl Fn(&MtlsAuthority) -> bool {
     move |a| {
         a.status.as_ref().and_then(|s| s.rotation.as_ref()).is_some_and(|r| {
-            r.phase == mtls_operator::rotation::Phase::Stable && r.from == generation && r.to.is_none()
+            r.phase == mtls_operator::api::Phase::Stable && r.from == generation && r.to.is_none()
         })
     }
 }
@@ -329,15 +329,15 @@ fn ca_fingerprint(client: &Client, authority: &str, generation: u32) -> impl std
     async move {
         let s = api.get(&name).await.unwrap();
         let crt = String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap();
-        mtls_operator::pki::fingerprint(&mtls_operator::pki::parse_pem_certs("ca", &crt).unwrap()[0])
+        mtls_operator::core::pki::fingerprint(&mtls_operator::core::pki::parse_pem_certs("ca", &crt).unwrap()[0])
     }
 }
 
 fn fingerprints(pem_text: &[u8]) -> Vec<String> {
-    mtls_operator::pki::parse_pem_certs("bundle", std::str::from_utf8(pem_text).unwrap())
+    mtls_operator::core::pki::parse_pem_certs("bundle", std::str::from_utf8(pem_text).unwrap())
         .unwrap_or_default()
         .iter()
-        .map(|d| mtls_operator::pki::fingerprint(d))
+        .map(|d| mtls_operator::core::pki::fingerprint(d))
         .collect()
 }
 
@@ -428,10 +428,10 @@ async fn a_new_ca_in_the_supplied_secret_is_rotated_in() {
     let client = harness::client().await;
     let now = jiff::Timestamp::now();
     let gen_ca = |cn: &str| {
-        let (c, k) = mtls_operator::pki::generate_ca(
+        let (c, k) = mtls_operator::core::pki::generate_ca(
             cn,
             &[],
-            mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+            mtls_operator::api::KeyAlgorithm::EcdsaP256,
             now,
             Duration::from_secs(86400 * 30),
         )
@@ -464,7 +464,7 @@ async fn a_new_ca_in_the_supplied_secret_is_rotated_in() {
 
     // The user puts a new CA into their Secret: the operator rotates to it.
     let second = gen_ca("second supplied");
-    let fp2 = mtls_operator::pki::fingerprint(&mtls_operator::pki::parse_pem_certs("c", &second.0).unwrap()[0]);
+    let fp2 = mtls_operator::core::pki::fingerprint(&mtls_operator::core::pki::parse_pem_certs("c", &second.0).unwrap()[0]);
     secrets
         .replace(&secret_name, &Default::default(), &{
             let mut s = secret_of(&secret_name, second);

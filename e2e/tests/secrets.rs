@@ -33,7 +33,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use mtls_operator::crd::{MtlsAuthority, MtlsIdentity};
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 use serde_json::{Value, json};
 
 const NS: &str = harness::OPERATOR_NAMESPACE;
@@ -791,10 +791,10 @@ async fn no_private_key_material_in_logs_events_status_or_metrics() {
     }
 
     // Supplied CAs that are wrong in ways that make the operator talk about keys.
-    let (good_crt, good_key) = mtls_operator::pki::generate_ca(
+    let (good_crt, good_key) = mtls_operator::core::pki::generate_ca(
         "bad inputs",
         &[],
-        mtls_operator::crd::KeyAlgorithm::EcdsaP256,
+        mtls_operator::api::KeyAlgorithm::EcdsaP256,
         jiff::Timestamp::now(),
         Duration::from_secs(86400),
     )

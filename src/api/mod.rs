@@ -394,7 +394,7 @@ pub struct MtlsAuthorityStatus {
     pub phase_started_at: Option<String>,
     /// The rotation state machine, persisted before each transition takes effect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub rotation: Option<crate::rotation::RotationState>,
+    pub rotation: Option<RotationState>,
     /// Rotation progress: identity Secrets whose leaf the current signer issued, out of all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotation_progress: Option<RotationProgress>,
@@ -686,4 +686,60 @@ fn default_authority() -> String {
 }
 fn default_usages() -> Vec<Usage> {
     vec![Usage::ServerAuth, Usage::ClientAuth]
+}
+
+/// The phases of a CA rotation (the state machine is `core::rotation`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Stable,
+    Preparing,
+    Propagating,
+    Reissuing,
+    Draining,
+    Retiring,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] =
+        [Phase::Stable, Phase::Preparing, Phase::Propagating, Phase::Reissuing, Phase::Draining, Phase::Retiring];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stable => "Stable",
+            Phase::Preparing => "Preparing",
+            Phase::Propagating => "Propagating",
+            Phase::Reissuing => "Reissuing",
+            Phase::Draining => "Draining",
+            Phase::Retiring => "Retiring",
+        }
+    }
+}
+
+/// The persisted rotation state. CAs are named by generation number (their Secret is
+/// `<authority>-ca-<generation>`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RotationState {
+    /// Current phase.
+    #[serde(default)]
+    pub phase: Phase,
+    /// Generation of the CA being rotated away from (the only CA when Stable).
+    #[serde(default)]
+    pub from: u32,
+    /// Generation of the CA being rotated to, while a rotation is in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u32>,
+    /// When the current phase started (Unix seconds).
+    #[serde(default)]
+    pub phase_since: i64,
+    /// What started the rotation in flight (or the last one): a trigger value, `auto` or `supplied-ca`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<String>,
+    /// The last `spec.rotation.trigger` value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_trigger: Option<String>,
+    /// Whether the rotation in flight has been rolled back.
+    #[serde(default)]
+    pub rolled_back: bool,
 }

@@ -26,7 +26,7 @@ use futures::{Stream, StreamExt};
 use kube::{Client, runtime::watcher};
 use tokio::sync::Notify;
 
-use crate::metrics::Metrics;
+use super::{error::is_outage, metrics::Metrics};
 
 /// How often the API is checked while it answers (one cheap `GET /readyz`), and while it does not.
 const CHECK_HEALTHY: Duration = Duration::from_secs(10);
@@ -269,19 +269,6 @@ fn keep_watching<K: Send + 'static, S: Stream<Item = WatchItem<K>> + Send + 'sta
 async fn check(client: &Client) -> bool {
     let Ok(req) = http::Request::get("/readyz").body(Vec::new()) else { return false };
     matches!(tokio::time::timeout(CHECK_TIMEOUT, client.request_text(req)).await, Ok(Ok(body)) if body.trim() == "ok")
-}
-
-/// Whether an error from a Kubernetes call means the API itself is failing (unreachable, timing
-/// out, or answering 5xx), rather than this request being wrong.
-pub fn is_outage(err: &kube::Error) -> bool {
-    match err {
-        kube::Error::Api(ae) => ae.code >= 500,
-        kube::Error::HyperError(_)
-        | kube::Error::Service(_)
-        | kube::Error::HttpError(_)
-        | kube::Error::ReadEvents(_) => true,
-        _ => false,
-    }
 }
 
 #[cfg(test)]

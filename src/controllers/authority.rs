@@ -20,16 +20,19 @@ use super::{
     ANN_FINGERPRINT, AuthorityState, Context, LABEL_AUTHORITY, LABEL_CA_GENERATION, LABEL_MANAGED_BY, MANAGER,
     condition, rfc3339,
 };
+use super::{
+    error::Error,
+    publish::{self, Caches},
+};
 use crate::{
-    bundle,
-    controller::publish::{self, Caches},
-    crd::{
+    api::{
         BundleHistoryEntry, BundleStatus, CaInfo, MtlsAuthority, MtlsAuthorityStatus, RotationAction, RotationProgress,
     },
-    duration,
-    error::Error,
-    pki::{self, PkiError, SigningCa},
-    rotation::{Observed, Phase, RotationState},
+    core::{
+        bundle, duration,
+        pki::{self, PkiError, SigningCa},
+        rotation::{Observed, Phase, RotationState},
+    },
 };
 
 /// Why an authority is not ready, as a condition reason.
@@ -368,7 +371,7 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     }
 
     // What the API server cannot check: label selectors (a bad one would silently match nothing).
-    if let Err(e) = crate::policy::check_selectors(&auth.spec) {
+    if let Err(e) = crate::core::policy::check_selectors(&auth.spec) {
         not_ready!(NotReady { reason: "InvalidSpec", message: e.to_string() });
     }
 
@@ -672,7 +675,7 @@ mod tests {
     fn an_intermediate_without_its_root_is_refused_unless_allowed() {
         let now = Timestamp::now();
         let (root, root_key) =
-            pki::generate_ca("Offline Root", &[], crate::crd::KeyAlgorithm::EcdsaP256, now, Duration::from_secs(86400))
+            pki::generate_ca("Offline Root", &[], crate::api::KeyAlgorithm::EcdsaP256, now, Duration::from_secs(86400))
                 .unwrap();
         let (int, int_key) = pki::test_intermediate(&root, root_key.expose(), "Cluster Intermediate", now);
         let ca = pki::load_ca(&int, int_key.expose(), None, now).unwrap();

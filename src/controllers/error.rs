@@ -10,7 +10,7 @@ pub enum Error {
         source: kube::Error,
     },
     #[error("certificate error: {0}")]
-    Pki(#[from] crate::pki::PkiError),
+    Pki(#[from] crate::core::pki::PkiError),
 }
 
 impl Error {
@@ -31,10 +31,24 @@ impl Error {
 
     /// Whether the API itself is failing (unreachable, 5xx), not this request.
     pub fn is_outage(&self) -> bool {
-        matches!(self, Error::Kube { source, .. } if crate::apihealth::is_outage(source))
+        matches!(self, Error::Kube { source, .. } if is_outage(source))
     }
 
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Kube { source: kube::Error::Api(ae), .. } if ae.code == 409)
     }
 }
+
+/// Whether an error from a Kubernetes call means the API itself is failing (unreachable, timing
+/// out, or answering 5xx), rather than this request being wrong.
+pub fn is_outage(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(ae) => ae.code >= 500,
+        kube::Error::HyperError(_)
+        | kube::Error::Service(_)
+        | kube::Error::HttpError(_)
+        | kube::Error::ReadEvents(_) => true,
+        _ => false,
+    }
+}
+

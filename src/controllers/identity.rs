@@ -26,13 +26,15 @@ use super::{
     AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition, parse_rfc3339,
     rfc3339,
 };
+use super::error::Error;
 use crate::{
-    crd::{KeyAlgorithm, MtlsIdentity, MtlsIdentityStatus, Usage},
-    duration,
-    error::Error,
-    pki::{self, CLOCK_SKEW_ALLOWANCE, LeafRequest},
-    policy::{self, Subject},
-    schedule,
+    api::{KeyAlgorithm, MtlsIdentity, MtlsIdentityStatus, Usage},
+    core::{
+        duration,
+        pki::{self, CLOCK_SKEW_ALLOWANCE, LeafRequest},
+        policy::{self, Subject},
+        schedule,
+    },
 };
 
 /// Why the identity is not Ready; each becomes the condition reason and one Warning Event.
@@ -377,7 +379,7 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let status = id.status.clone().unwrap_or_default();
 
     let Some(auth) = ctx.authority(&auth_name) else {
-        let exists = Api::<crate::crd::MtlsAuthority>::all(ctx.client.clone())
+        let exists = Api::<crate::api::MtlsAuthority>::all(ctx.client.clone())
             .get_opt(&auth_name)
             .await
             .map_err(Error::kube("reading MtlsAuthority"))?

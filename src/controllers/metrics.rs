@@ -199,7 +199,7 @@ impl Metrics {
         self.identity_last_failure.remove(&l);
     }
 
-    pub fn set_bundle_rollout(&self, authority: &str, r: &crate::controller::publish::Report) {
+    pub fn set_bundle_rollout(&self, authority: &str, r: &crate::core::bundle::Rollout) {
         let l = |state: &str| RolloutLabels { authority: authority.into(), state: state.into() };
         self.bundle_namespaces.get_or_create(&l("current")).set(i64::from(r.namespaces_up_to_date));
         self.bundle_namespaces.get_or_create(&l("total")).set(i64::from(r.namespaces_total));
@@ -210,11 +210,11 @@ impl Metrics {
 
     /// Sets the phase gauge; `entered` also counts a transition when the phase changed.
     pub fn phase_changed(&self, authority: &str, current: &str) {
-        for p in crate::rotation::Phase::ALL {
+        for p in crate::api::Phase::ALL {
             let l = PhaseLabels { authority: authority.into(), phase: p.as_str().into() };
             let was = self.phase.get_or_create(&l).get();
             let now = i64::from(p.as_str() == current);
-            if now == 1 && was == 0 && p != crate::rotation::Phase::Stable {
+            if now == 1 && was == 0 && p != crate::api::Phase::Stable {
                 self.transitions.get_or_create(&l).inc();
             }
             self.phase.get_or_create(&l).set(now);
@@ -232,7 +232,7 @@ impl Metrics {
             self.bundle_namespaces.remove(&r);
             self.bundle_secrets.remove(&r);
         }
-        for p in crate::rotation::Phase::ALL {
+        for p in crate::api::Phase::ALL {
             self.phase.remove(&PhaseLabels { authority: authority.into(), phase: p.as_str().into() });
         }
     }

@@ -2,10 +2,14 @@
 //! reads, calls the pure core (`pki`, `policy`, `schedule`) and writes; nothing here decides what
 //! a certificate should contain.
 
+pub mod apihealth;
 pub mod authority;
+pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod publish;
 pub mod queue;
+pub mod ratelimit;
 pub mod secrets;
 
 use std::{
@@ -21,8 +25,9 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
-pub use crate::bundle::Bundle;
-use crate::{crd::MtlsAuthoritySpec, metrics::Metrics, pki::SigningCa, ratelimit::RateLimiter};
+pub use crate::core::bundle::Bundle;
+use self::{metrics::Metrics, ratelimit::RateLimiter};
+use crate::{api::MtlsAuthoritySpec, core::pki::SigningCa};
 
 pub const MANAGER: &str = "mtls-operator";
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -57,7 +62,7 @@ pub struct AuthorityState {
 pub struct Context {
     pub client: Client,
     /// Readiness: synced caches and a reachable API.
-    pub api: Arc<crate::apihealth::ApiHealth>,
+    pub api: Arc<crate::controllers::apihealth::ApiHealth>,
     /// The operator's namespace: CA Secrets live here.
     pub namespace: String,
     /// Publishes Warning Events: one recorder for the process, so that a problem repeated within
@@ -162,7 +167,7 @@ impl Context {
     }
 
     /// Drops everything kept about a deleted identity: its metric series and bookkeeping.
-    pub fn forget_identity(&self, id: &crate::crd::MtlsIdentity) {
+    pub fn forget_identity(&self, id: &crate::api::MtlsIdentity) {
         use kube::ResourceExt;
         let (ns, name) = (id.namespace().unwrap_or_default(), id.name_any());
         self.metrics.forget_identity(&ns, &name);

@@ -21,7 +21,14 @@ use kube::{
 };
 
 use super::{ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, Context, LABEL_AUTHORITY, LABEL_MANAGED_BY, MANAGER};
-use crate::{bundle::Bundle, crd::MtlsAuthority, error::Error, policy};
+use super::error::Error;
+use crate::{
+    api::MtlsAuthority,
+    core::{
+        bundle::{Bundle, Rollout},
+        policy,
+    },
+};
 
 /// Marks the history copies kept in the operator's namespace.
 pub const LABEL_HISTORY: &str = "mtls.io/bundle-history";
@@ -37,25 +44,6 @@ pub struct Caches {
     pub configmaps: Store<ConfigMap>,
     /// Secrets labelled as managed by this operator (a few facts each).
     pub secrets: Arc<super::secrets::SecretCache>,
-}
-
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
-    pub namespaces_total: u32,
-    pub namespaces_up_to_date: u32,
-    pub secrets_total: u32,
-    pub secrets_up_to_date: u32,
-    /// Identity Secrets whose leaf was issued by the current signer.
-    pub secrets_signed: u32,
-    pub writes: u32,
-    /// Namespaces where a ConfigMap of that name exists and is not this authority's.
-    pub conflicts: Vec<String>,
-}
-
-impl Report {
-    pub fn complete(&self) -> bool {
-        self.namespaces_up_to_date == self.namespaces_total && self.secrets_up_to_date == self.secrets_total
-    }
 }
 
 fn owner(auth: &MtlsAuthority) -> OwnerReference {
@@ -114,11 +102,11 @@ pub async fn publish(
     bundle: &Bundle,
     signer_fingerprint: &str,
     caches: &Caches,
-) -> Result<Report, Error> {
+) -> Result<Rollout, Error> {
     let name = auth.name_any();
     let spec = &auth.spec.trust_bundle;
     let cm_name = spec.config_map_name.as_str();
-    let mut report = Report::default();
+    let mut report = Rollout::default();
 
     let mut targets = BTreeSet::new();
     for ns in caches.namespaces.state() {

@@ -28,7 +28,7 @@ use std::{
 use kube::runtime::reflector::ObjectRef;
 use tokio::{sync::Notify, time::Instant};
 
-use crate::crd::MtlsIdentity;
+use crate::api::MtlsIdentity;
 
 /// `namespace/name`, shared by every structure that holds the identity.
 type Key = Arc<str>;

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 
 use jiff::Timestamp;
 
-use crate::{crd::BundleStatus, pki};
+use super::pki;
+use crate::api::BundleStatus;
 
 /// A trust bundle: member certificates (PEM) in a stable order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,12 +55,33 @@ pub fn assemble(own: &[String], extra: &[String], now: Timestamp, previous: Opti
     Bundle { version, sha256: pki::sha256_hex(pem.as_bytes()), pem, members: fps }
 }
 
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+/// How far a bundle has reached: the target ConfigMaps and identity Secrets holding it, and the
+/// writes it took.
+pub struct Rollout {
+    pub namespaces_total: u32,
+    pub namespaces_up_to_date: u32,
+    pub secrets_total: u32,
+    pub secrets_up_to_date: u32,
+    /// Identity Secrets whose leaf was issued by the current signer.
+    pub secrets_signed: u32,
+    pub writes: u32,
+    /// Namespaces where a ConfigMap of that name exists and is not this authority's.
+    pub conflicts: Vec<String>,
+}
+
+impl Rollout {
+    pub fn complete(&self) -> bool {
+        self.namespaces_up_to_date == self.namespaces_total && self.secrets_up_to_date == self.secrets_total
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::crd::KeyAlgorithm;
+    use crate::api::KeyAlgorithm;
 
     fn ca(name: &str, now: Timestamp, life: u64) -> String {
         pki::generate_ca(name, &[], KeyAlgorithm::EcdsaP256, now, Duration::from_secs(life)).unwrap().0

@@ -16,7 +16,7 @@ use x509_parser::{
     public_key::PublicKey,
 };
 
-use crate::crd::{KeyAlgorithm, Usage};
+use crate::api::{KeyAlgorithm, Usage};
 
 /// Backdating of `notBefore`, so that a peer whose clock is a little behind still accepts a
 /// certificate issued a moment ago.
@@ -673,14 +673,14 @@ mod tests {
     fn refuses_a_ca_whose_subject_its_leaves_cannot_name() {
         // Made by OpenSSL with -subj /DC=example/DC=com/CN=Int: the second DC would be lost from
         // every leaf's issuer name. Kept in the fuzz corpus (tls.crt, separator, tls.key).
-        let input = include_str!("../fuzz/corpus/ca/openssl-repeated-dc");
+        let input = include_str!("../../fuzz/corpus/ca/openssl-repeated-dc");
         let mut parts = input.split(crate::fuzzing::PART_SEPARATOR);
         let (crt, key) = (parts.next().unwrap(), parts.next().unwrap());
         let e = load_ca(crt, key, None, crate::fuzzing::now()).unwrap_err();
         assert!(matches!(e, PkiError::UnsupportedSubject { .. }), "{e}");
         assert!(e.to_string().contains("DC=example"), "{e}");
         // The same shape with distinct attribute types is fine.
-        let input = include_str!("../fuzz/corpus/ca/openssl-printable-country");
+        let input = include_str!("../../fuzz/corpus/ca/openssl-printable-country");
         let mut parts = input.split(crate::fuzzing::PART_SEPARATOR);
         load_ca(parts.next().unwrap(), parts.next().unwrap(), None, crate::fuzzing::now()).unwrap();
     }

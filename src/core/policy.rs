@@ -4,9 +4,9 @@
 use std::{collections::BTreeMap, net::IpAddr};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt};
+use kube_core::{Selector, SelectorExt};
 
-use crate::crd::{MtlsAuthoritySpec, MtlsIdentitySpec};
+use crate::api::{MtlsAuthoritySpec, MtlsIdentitySpec};
 
 /// The resolved subject of a leaf.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::metrics::Metrics;
+use crate::controllers::metrics::Metrics;
 
 #[derive(Clone)]
 pub struct Health {

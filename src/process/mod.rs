@@ -1,6 +1,9 @@
 //! The `run` subcommand: connects, checks the CRDs, starts the authority and identity
 //! controllers and serves probes and metrics until SIGTERM/SIGINT.
 
+pub mod http;
+pub mod leader;
+
 use std::{
     net::SocketAddr,
     sync::{
@@ -29,16 +32,13 @@ use kube::{
 };
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
+use self::http::Health;
 use crate::{
-    apihealth::ApiHealth,
-    controller::{
-        Context, LABEL_AUTHORITY, MANAGER, authority, identity, managed_selector, publish, secrets::SecretCache,
+    api::{MtlsAuthority, MtlsIdentity},
+    controllers::{
+        Context, LABEL_AUTHORITY, MANAGER, apihealth::ApiHealth, authority, identity, managed_selector,
+        metrics::Metrics, publish, ratelimit::RateLimiter, secrets::SecretCache,
     },
-    crd::{MtlsAuthority, MtlsIdentity},
-    http::{self, Health},
-    leader,
-    metrics::Metrics,
-    ratelimit::RateLimiter,
 };
 
 /// How long in-flight reconciles may take to finish after SIGTERM.
@@ -179,7 +179,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         limiter: RateLimiter::new(config.issuance_rate, config.issuance_burst),
         reconcile_slots: tokio::sync::Semaphore::new(usize::from(config.concurrency.max(1))),
-        queue: crate::controller::queue::WorkQueue::new(
+        queue: crate::controllers::queue::WorkQueue::new(
             IN_CONTROLLER_PER_SLOT * usize::from(config.concurrency.max(1)),
         ),
         authorities: RwLock::default(),
@@ -559,7 +559,7 @@ const IN_CONTROLLER_PER_SLOT: usize = 2;
 /// Every watch: ended by the API server after a bounded lifetime and resumed (see
 /// `apihealth::WATCH_LIFETIME_SECS`), with bookmarks.
 fn watch_config() -> watcher::Config {
-    watcher::Config::default().timeout(crate::apihealth::WATCH_LIFETIME_SECS)
+    watcher::Config::default().timeout(crate::controllers::apihealth::WATCH_LIFETIME_SECS)
 }
 
 /// A watch that relists by itself after a failure and holds readiness until it has (see
@@ -570,7 +570,7 @@ fn watch<K>(
     api: Api<K>,
     config: watcher::Config,
     slim: fn(&mut K),
-) -> impl futures::Stream<Item = crate::apihealth::WatchItem<K>> + Send + 'static
+) -> impl futures::Stream<Item = crate::controllers::apihealth::WatchItem<K>> + Send + 'static
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -618,8 +618,8 @@ fn urgent_first(
                             .status
                             .as_ref()
                             .and_then(|s| s.not_after.as_deref())
-                            .and_then(crate::controller::parse_rfc3339);
-                        crate::schedule::catch_up_order(not_after)
+                            .and_then(crate::controllers::parse_rfc3339);
+                        crate::core::schedule::catch_up_order(not_after)
                     });
                     for id in &ids {
                         ctx.queue.push(&id.namespace().unwrap_or_default(), &id.name_any());
