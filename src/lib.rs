@@ -90,7 +90,11 @@ mod tests {
         while let Some(d) = dirs.pop() {
             for e in std::fs::read_dir(&d).unwrap().map(Result::unwrap) {
                 let p = e.path();
-                if p.is_dir() { dirs.push(p) } else if p.extension().is_some_and(|x| x == "rs") { files.push(p) }
+                if p.is_dir() {
+                    dirs.push(p)
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.push(p)
+                }
             }
         }
         let mut checked = 0;
@@ -103,7 +107,17 @@ mod tests {
                 }
             }
             if LAYERS[layer] == "core" {
-                for banned in ["kube::", "use kube;", "kube::runtime", "tokio", "std::fs", "std::net::Tcp", "Timestamp::now", "SystemTime::now", "Instant::now"] {
+                for banned in [
+                    "kube::",
+                    "use kube;",
+                    "kube::runtime",
+                    "tokio",
+                    "std::fs",
+                    "std::net::Tcp",
+                    "Timestamp::now",
+                    "SystemTime::now",
+                    "Instant::now",
+                ] {
                     assert!(!src.contains(banned), "{} is in the pure core but uses `{banned}`", f.display());
                 }
             }
@@ -114,7 +128,9 @@ mod tests {
 
     #[test]
     fn the_layer_check_sees_grouped_imports() {
-        let found = uses("use crate::{\n    api::X,\n    controllers::{a, b::{c}},\n    core::pki,\n};\nfn f() { crate::process::run() }");
+        let found = uses(
+            "use crate::{\n    api::X,\n    controllers::{a, b::{c}},\n    core::pki,\n};\nfn f() { crate::process::run() }",
+        );
         assert_eq!(found.into_iter().collect::<Vec<_>>(), ["api", "controllers", "core", "process"]);
     }
 }

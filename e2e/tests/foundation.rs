@@ -204,7 +204,9 @@ async fn metrics_report_each_identitys_expiry() {
     let crt = String::from_utf8(s.data.unwrap()["tls.crt"].0.clone()).unwrap();
     let not_after = mtls_operator::core::pki::inspect_leaf(&crt, "").unwrap().facts.not_after.as_second();
     assert_eq!(
-        mtls_operator::controllers::parse_rfc3339(id.status.unwrap().not_after.as_deref().unwrap()).unwrap().as_second(),
+        mtls_operator::controllers::parse_rfc3339(id.status.unwrap().not_after.as_deref().unwrap())
+            .unwrap()
+            .as_second(),
         not_after
     );
     let (_, body) = harness::http_get(&format!("{}/metrics", op.metrics_url)).await.unwrap();

@@ -317,9 +317,10 @@ async fn watch_phases(
 
 fn stable_at(generation: u32) -> impl Fn(&MtlsAuthority) -> bool {
     move |a| {
-        a.status.as_ref().and_then(|s| s.rotation.as_ref()).is_some_and(|r| {
-            r.phase == mtls_operator::api::Phase::Stable && r.from == generation && r.to.is_none()
-        })
+        a.status
+            .as_ref()
+            .and_then(|s| s.rotation.as_ref())
+            .is_some_and(|r| r.phase == mtls_operator::api::Phase::Stable && r.from == generation && r.to.is_none())
     }
 }
 
@@ -464,7 +465,8 @@ async fn a_new_ca_in_the_supplied_secret_is_rotated_in() {
 
     // The user puts a new CA into their Secret: the operator rotates to it.
     let second = gen_ca("second supplied");
-    let fp2 = mtls_operator::core::pki::fingerprint(&mtls_operator::core::pki::parse_pem_certs("c", &second.0).unwrap()[0]);
+    let fp2 =
+        mtls_operator::core::pki::fingerprint(&mtls_operator::core::pki::parse_pem_certs("c", &second.0).unwrap()[0]);
     secrets
         .replace(&secret_name, &Default::default(), &{
             let mut s = secret_of(&secret_name, second);

@@ -51,4 +51,3 @@ pub fn is_outage(err: &kube::Error) -> bool {
         _ => false,
     }
 }
-

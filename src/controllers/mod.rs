@@ -25,8 +25,8 @@ use kube::{
     runtime::events::{Event, EventType, Recorder, Reporter},
 };
 
-pub use crate::core::bundle::Bundle;
 use self::{metrics::Metrics, ratelimit::RateLimiter};
+pub use crate::core::bundle::Bundle;
 use crate::{api::MtlsAuthoritySpec, core::pki::SigningCa};
 
 pub const MANAGER: &str = "mtls-operator";

@@ -20,8 +20,8 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::{ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, Context, LABEL_AUTHORITY, LABEL_MANAGED_BY, MANAGER};
 use super::error::Error;
+use super::{ANN_BUNDLE_SHA256, ANN_BUNDLE_VERSION, Context, LABEL_AUTHORITY, LABEL_MANAGED_BY, MANAGER};
 use crate::{
     api::MtlsAuthority,
     core::{
