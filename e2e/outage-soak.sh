@@ -89,6 +89,7 @@ cached() {
     python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))' 2>/dev/null || echo 0
 }
 now() { date +%s.%N; }
+el() { echo "$(now) - $t1" | bc; } # seconds since the round's writes were served
 
 summary=()
 total_failed=0
@@ -116,15 +117,16 @@ for d in "${durations[@]}"; do
     api_lag=$(echo "$t1 - $t0" | bc)
     took="" t_ready="-" t_a="-" t_b="-" t_cache="-"
     while :; do
-      el=$(echo "$(now) - $t1" | bc)
+      # Each milestone is stamped when its check has passed (the checks take a moment each).
       # Milestones, to tell which part is slow: the operator ready, the deleted Secrets back, the
       # new identities issued, and the API server's watch cache showing the new identities (a
       # list at resourceVersion=0 is served from that cache: what every watch sees).
-      [ "$t_ready" = - ] && opready && t_ready=$el
-      [ "$t_a" = - ] && [ "$(issued "$a")" = 20 ] && t_a=$el
-      [ "$t_b" = - ] && [ "$(issued "$b")" = 10 ] && t_b=$el
-      [ "$t_cache" = - ] && [ "$(cached "$b")" = 10 ] && t_cache=$el
-      if [ "$t_ready" != - ] && [ "$t_a" != - ] && [ "$t_b" != - ] && opready; then took=$el; break; fi
+      [ "$t_ready" = - ] && opready && t_ready=$(el)
+      [ "$t_a" = - ] && [ "$(issued "$a")" = 20 ] && t_a=$(el)
+      [ "$t_b" = - ] && [ "$(issued "$b")" = 10 ] && t_b=$(el)
+      [ "$t_cache" = - ] && [ "$(cached "$b")" = 10 ] && t_cache=$(el)
+      if [ "$t_ready" != - ] && [ "$t_a" != - ] && [ "$t_b" != - ] && opready; then took=$(el); break; fi
+      el=$(el)
       if [ "$(echo "$el > 120" | bc)" = 1 ]; then break; fi
       sleep 0.2
     done
