@@ -31,7 +31,7 @@ use crate::{
     core::{
         bundle, duration,
         pki::{self, PkiError, SigningCa},
-        rotation::{Observed, Phase, RotationState},
+        rotation::{Observed, Phase, RotationState, Transition},
     },
 };
 
@@ -418,6 +418,52 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     let report = publish::publish(&ctx, &auth, &bundle, &signer.facts.fingerprint, caches).await?;
 
     // Observe and step the rotation machine.
+    let (obs, auto_before) = observe(&auth, &state, &signer, &cas, supplied.as_ref(), &report, now);
+    let propagation_delay = obs.propagation_delay;
+    if state.wants_to_start(&obs) {
+        // Mint (create-only) before persisting the start: a crash in between finds this same
+        // generation again next time instead of minting another.
+        match ensure_generation(&ctx, &auth, obs.next_generation, Some(mint()), supplied.as_ref(), now).await? {
+            Ok(ca) => cas.insert(obs.next_generation, ca),
+            Err(nr) => not_ready!(nr),
+        };
+    }
+    let (next, transition) = state.step(&obs);
+
+    // Status describes the state being persisted.
+    describe(&mut new_status, &name, &next, &cas, &bundle, &report, new_version, now);
+    let message = ready_message(&auth, &state, &obs, &signer, &bundle, &report, &missing);
+    let rotating_cond = rotating_condition(&status.conditions, &next, auth.metadata.generation, now);
+    let anchors: Vec<String> = state.bundle().iter().filter_map(|g| cas[g].intermediate_anchor.clone()).collect();
+    let anchor_cond = intermediate_anchor_condition(&status.conditions, &anchors, auth.metadata.generation, now);
+    if let Some(c) = &anchor_cond {
+        if ctx.note_problem(&format!("authority/{name}/anchor"), &c.reason, &c.message) {
+            ctx.event(&auth.object_ref(&()), true, "IntermediateTrustAnchor", c.message.clone()).await;
+        }
+    } else {
+        ctx.clear_failures(&format!("authority/{name}/anchor"));
+    }
+    let extra = std::iter::once(rotating_cond).chain(anchor_cond).collect();
+    write_status_with(&ctx, &auth, &status, new_status, true, "CaReady", message, now, extra).await?;
+
+    announce(&ctx, &auth, transition.as_ref(), &next, state.from, new_version.then_some(&bundle), &missing).await;
+
+    let requeue = next_look(transition.is_some(), &next, &report, &signer, auto_before, propagation_delay, now);
+    Ok(Action::requeue(requeue))
+}
+
+/// What the rotation machine sees (pure): the spec's trigger and action, whether the CA is due
+/// for auto-rotation or the supplied one changed, and how far the bundle and the re-issue have
+/// got. Also returns `autoRotateBefore` (default: a third of the CA's lifetime).
+fn observe(
+    auth: &MtlsAuthority,
+    state: &RotationState,
+    signer: &SigningCa,
+    cas: &BTreeMap<u32, SigningCa>,
+    supplied: Option<&(Secret, SigningCa)>,
+    report: &bundle::Rollout,
+    now: Timestamp,
+) -> (Observed, Duration) {
     let propagation_delay = duration::parse(&auth.spec.rotation.propagation_delay).unwrap_or(Duration::from_secs(180));
     let lifetime = signer.facts.not_after.duration_since(signer.facts.not_before).unsigned_abs();
     let auto_before =
@@ -430,23 +476,27 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         rollback: auth.spec.rotation.action == Some(RotationAction::Rollback),
         // Only a generated CA can be replaced without the user.
         auto_due: supplied.is_none() && now + auto_before >= signer.facts.not_after,
-        supplied_changed: supplied.as_ref().is_some_and(|(_, ca)| !known.contains(&ca.facts.fingerprint.as_str())),
+        supplied_changed: supplied.is_some_and(|(_, ca)| !known.contains(&ca.facts.fingerprint.as_str())),
         next_generation: state.from.max(state.to.unwrap_or(0)) + 1,
         bundle_complete: report.complete() && report.conflicts.is_empty(),
         all_signed: report.secrets_signed == report.secrets_total,
     };
-    if state.wants_to_start(&obs) {
-        // Mint (create-only) before persisting the start: a crash in between finds this same
-        // generation again next time instead of minting another.
-        match ensure_generation(&ctx, &auth, obs.next_generation, Some(mint()), supplied.as_ref(), now).await? {
-            Ok(ca) => cas.insert(obs.next_generation, ca),
-            Err(nr) => not_ready!(nr),
-        };
-    }
-    let (next, transition) = state.step(&obs);
+    (obs, auto_before)
+}
 
-    // Status describes the state being persisted.
-    let info = |g: u32| ca_info(&cas[&g], &ca_secret_name(&name, g));
+/// Fills in the status fields that describe the state `next` being persisted (pure).
+#[allow(clippy::too_many_arguments)]
+fn describe(
+    new_status: &mut MtlsAuthorityStatus,
+    name: &str,
+    next: &RotationState,
+    cas: &BTreeMap<u32, SigningCa>,
+    bundle: &bundle::Bundle,
+    report: &bundle::Rollout,
+    new_version: bool,
+    now: Timestamp,
+) {
+    let info = |g: u32| ca_info(&cas[&g], &ca_secret_name(name, g));
     new_status.phase = Some(next.phase.as_str().to_string());
     new_status.active_ca = Some(info(next.signer()));
     let other = if next.signer() == next.from { next.to } else { Some(next.from) };
@@ -480,6 +530,18 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         );
         new_status.history.truncate(publish::HISTORY_KEPT);
     }
+}
+
+/// The Ready condition's message (pure): the signer, the bundle's reach, and whatever blocks it.
+fn ready_message(
+    auth: &MtlsAuthority,
+    state: &RotationState,
+    obs: &Observed,
+    signer: &SigningCa,
+    bundle: &bundle::Bundle,
+    report: &bundle::Rollout,
+    missing: &[String],
+) -> String {
     let mut message = format!(
         "signing with CA {} valid until {}; trust bundle version {} in {}/{} namespaces and {}/{} identity Secrets",
         &signer.facts.fingerprint[..16],
@@ -503,8 +565,18 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     if state.phase == Phase::Stable && obs.trigger.is_some() && obs.trigger != state.observed_trigger && obs.rollback {
         message += "; a new spec.rotation.trigger waits until spec.rotation.action (Rollback) is cleared";
     }
+    message
+}
+
+/// The `Rotating` condition for the state `next` (pure).
+fn rotating_condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    next: &RotationState,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     let rotating = next.phase != Phase::Stable;
-    let rotating_msg = match next.to {
+    let message = match next.to {
         Some(to) => format!(
             "{} from CA generation {} to {} ({})",
             next.phase.as_str(),
@@ -514,40 +586,42 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         ),
         None => "no rotation in flight".to_string(),
     };
-    let rotating_cond = condition(
-        &status.conditions,
+    condition(
+        conditions,
         "Rotating",
         rotating,
         if rotating { next.phase.as_str() } else { "Stable" },
-        rotating_msg,
-        auth.metadata.generation,
+        message,
+        generation,
         now,
-    );
-    let anchors: Vec<String> = state.bundle().iter().filter_map(|g| cas[g].intermediate_anchor.clone()).collect();
-    let anchor_cond = intermediate_anchor_condition(&status.conditions, &anchors, auth.metadata.generation, now);
-    if let Some(c) = &anchor_cond {
-        if ctx.note_problem(&format!("authority/{name}/anchor"), &c.reason, &c.message) {
-            ctx.event(&auth.object_ref(&()), true, "IntermediateTrustAnchor", c.message.clone()).await;
-        }
-    } else {
-        ctx.clear_failures(&format!("authority/{name}/anchor"));
-    }
-    let extra = std::iter::once(rotating_cond).chain(anchor_cond).collect();
-    write_status_with(&ctx, &auth, &status, new_status, true, "CaReady", message, now, extra).await?;
+    )
+}
 
-    if let Some(t) = &transition {
+/// Metrics and Events for what this reconcile changed: a rotation phase entered (and a CA
+/// archived when one ends), a bundle version published, additional CAs left out.
+async fn announce(
+    ctx: &Context,
+    auth: &MtlsAuthority,
+    transition: Option<&Transition>,
+    next: &RotationState,
+    rotated_from: u32,
+    published: Option<&bundle::Bundle>,
+    missing: &[String],
+) {
+    let name = auth.name_any();
+    if let Some(t) = transition {
         ctx.metrics.phase_changed(&name, t.to.as_str());
         let note = format!("{} -> {}: {}", t.from.as_str(), t.to.as_str(), t.why);
         tracing::info!(authority = %name, "{note}");
         ctx.event(&auth.object_ref(&()), false, "RotationPhase", note).await;
         if t.to == Phase::Stable {
             // The CA that left every bundle is archived: its key is kept (never deleted), marked.
-            mark_retired(&ctx, &name, state.from).await;
+            mark_retired(ctx, &name, rotated_from).await;
         }
     } else {
         ctx.metrics.phase_changed(&name, next.phase.as_str());
     }
-    if new_version {
+    if let Some(bundle) = published {
         let note = format!("trust bundle version {} ({} certificates) published", bundle.version, bundle.members.len());
         ctx.event(&auth.object_ref(&()), false, "BundlePublished", note).await;
     }
@@ -557,26 +631,34 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
         let note = format!("left out of the trust bundle: {}", missing.join(", "));
         ctx.event(&auth.object_ref(&()), true, "AdditionalCaUnavailable", note).await;
     }
+}
 
-    // When to look again: right away after a transition (to apply the new state), at the end of
-    // a propagation wait, shortly while a rollout is converging, else when the CA needs rotating.
-    let requeue = if transition.is_some() {
-        Duration::from_millis(100)
-    } else {
-        match next.phase {
-            Phase::Propagating | Phase::Draining => {
-                let due = Timestamp::from_second(next.phase_since).unwrap_or(now) + propagation_delay;
-                due.duration_since(now).unsigned_abs().max(Duration::from_millis(100))
-            }
-            Phase::Preparing | Phase::Reissuing | Phase::Retiring => Duration::from_secs(1),
-            Phase::Stable if !(report.complete() && report.conflicts.is_empty()) => Duration::from_secs(2),
-            Phase::Stable => {
-                let due = signer.facts.not_after - auto_before;
-                due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
-            }
+/// When to look again (pure): right away after a transition (to apply the new state), at the end
+/// of a propagation wait, shortly while a rollout is converging, else when the CA needs rotating.
+fn next_look(
+    transitioned: bool,
+    next: &RotationState,
+    report: &bundle::Rollout,
+    signer: &SigningCa,
+    auto_before: Duration,
+    propagation_delay: Duration,
+    now: Timestamp,
+) -> Duration {
+    if transitioned {
+        return Duration::from_millis(100);
+    }
+    match next.phase {
+        Phase::Propagating | Phase::Draining => {
+            let due = Timestamp::from_second(next.phase_since).unwrap_or(now) + propagation_delay;
+            due.duration_since(now).unsigned_abs().max(Duration::from_millis(100))
         }
-    };
-    Ok(Action::requeue(requeue))
+        Phase::Preparing | Phase::Reissuing | Phase::Retiring => Duration::from_secs(1),
+        Phase::Stable if !(report.complete() && report.conflicts.is_empty()) => Duration::from_secs(2),
+        Phase::Stable => {
+            let due = signer.facts.not_after - auto_before;
+            due.duration_since(now).unsigned_abs().max(Duration::from_secs(1))
+        }
+    }
 }
 
 /// Labels an archived CA generation's Secret `mtls.io/ca-state=retired`.

@@ -21,12 +21,12 @@ use kube::{
 };
 use sha2::{Digest, Sha256};
 
+use super::error::Error;
 use super::{
     ANN_BUNDLE_VERSION, ANN_ISSUER, ANN_NOT_AFTER, ANN_RENEWAL_TIME, ANN_SERIAL, ANN_SPEC_HASH, ANN_SPIFFE_ID,
     AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition, parse_rfc3339,
     rfc3339,
 };
-use super::error::Error;
 use crate::{
     api::{KeyAlgorithm, MtlsIdentity, MtlsIdentityStatus, Usage},
     core::{
@@ -370,6 +370,10 @@ pub async fn reconcile(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     Box::pin(reconcile_now(id, ctx.clone(), stores)).await
 }
 
+/// One identity, observe → decide → act: read its authority, namespace labels and Secret; decide
+/// what the certificate must be (`desired`, pure) and whether the one it has still does
+/// (`assess`, pure); issue if not, write the Secret if it differs, report the status and Events,
+/// and schedule the renewal.
 async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
     let ns = id.namespace().unwrap_or_default();
@@ -378,142 +382,45 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let auth_name = id.spec.authority_ref.clone();
     let status = id.status.clone().unwrap_or_default();
 
+    // Observe.
     let Some(auth) = ctx.authority(&auth_name) else {
-        let exists = Api::<crate::api::MtlsAuthority>::all(ctx.client.clone())
-            .get_opt(&auth_name)
-            .await
-            .map_err(Error::kube("reading MtlsAuthority"))?
-            .is_some();
-        let p = if exists {
-            Problem {
-                reason: "AuthorityNotReady",
-                message: format!("MtlsAuthority {auth_name} is not ready; see its status"),
-            }
-        } else {
-            Problem {
-                reason: "AuthorityNotFound",
-                message: format!("MtlsAuthority {auth_name} (spec.authorityRef) does not exist"),
-            }
-        };
+        let p = authority_problem(&ctx, &auth_name).await?;
         return not_ready(&id, &ctx, &status, p, now).await;
     };
-    // The namespace cache may not have caught up with a brand-new namespace: ask the API then.
-    let ns_labels = match stores.namespaces.get(&ObjectRef::new(&ns)) {
-        Some(n) => n.labels().clone(),
-        None => Api::<Namespace>::all(ctx.client.clone())
-            .get_metadata_opt(&ns)
-            .await
-            .map_err(Error::kube("reading Namespace"))?
-            .map(|n| n.labels().clone())
-            .unwrap_or_default(),
-    };
+    let ns_labels = namespace_labels(&ctx, stores, &ns).await?;
+    // Decide what the certificate must be.
     let want = match desired(&id, &auth_name, &auth, &ns_labels) {
         Ok(w) => w,
         Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
     };
-
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let sname = secret_name(&id);
-    // A never-issued identity whose Secret is not in our cache gets its Secret created without a
-    // read first (a foreign Secret of that name makes the create fail, and is then read below).
-    let cached = stores.secrets.contains(&ns, &sname);
-    let existing = if cached || status.serial_number.is_some() {
-        secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?
-    } else {
-        None
+    let existing = match read_secret(&ctx, stores, &id, &sname, &status).await? {
+        Ok(existing) => existing,
+        Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
     };
+    // Decide whether the certificate it has will do; a predecessor's is not this identity's.
     let inherited = existing.as_ref().is_some_and(|s| left_by_predecessor(s, &id));
-    if let Some(s) = &existing {
-        if !owned_by(s, &id) && !inherited {
-            let p = conflict(&ns, &sname);
-            return not_ready(&id, &ctx, &status, p, now).await;
-        }
-    }
-
-    // A predecessor's certificate is not this identity's: it gets its own.
     let assessed = existing.as_ref().filter(|_| !inherited);
+    // Act: issue, write the Secret, report.
     let (current, issued) = match assess(assessed, &want, &auth, now) {
         Ok(cur) => (cur, None),
         Err(kind) => {
             // A Secret deleted after it was issued is a repair, not a first issuance.
             let kind =
                 if kind == IssueKind::Initial && status.serial_number.is_some() { IssueKind::Repair } else { kind };
-            // Most urgent first: no certificate or an expired one before one merely due.
-            let urgency = existing
-                .as_ref()
-                .and_then(|s| s.annotations().get(ANN_NOT_AFTER).and_then(|t| parse_rfc3339(t)))
-                .map_or(0, |t| t.as_second());
-            if kind == IssueKind::Reissue {
-                // Re-issues (a CA rotation, a policy change) go at the authority's reissueRate.
-                ctx.reissue_limiter(&auth_name, auth.spec.rotation.reissue_rate).acquire(urgency).await;
-            }
-            ctx.limiter.acquire(urgency).await;
-            let started = std::time::Instant::now();
-            let req = LeafRequest {
-                common_name: format!("{}.{ns}", want.subject.service_account),
-                spiffe_id: want.subject.spiffe_id.clone(),
-                dns_names: want.subject.dns_names.clone(),
-                ip_addresses: want.subject.ip_addresses.clone(),
-                usages: want.usages.clone(),
-                algorithm: want.algorithm,
-                not_before: now - CLOCK_SKEW_ALLOWANCE,
-                not_after: now + want.duration,
-            };
-            let signer = auth.signer.clone();
-            let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
-                .await
-                .map_err(|e| Error::Pki(pki::PkiError::Generate(format!("issuing task failed: {e}"))))??;
-            let renewal = renewal_of(&leaf.facts, want.renew_before);
-            ctx.metrics.observe_issuance(&auth_name, kind.label(), started.elapsed());
-            (
-                Current {
-                    tls_crt: leaf.cert_chain_pem,
-                    tls_key: leaf.key.expose().to_string(),
-                    facts: leaf.facts,
-                    renewal_time: renewal,
-                },
-                Some(kind),
-            )
+            (issue(&ctx, &ns, &auth_name, &auth, &want, kind, existing.as_ref(), now).await?, Some(kind))
         }
     };
     let desired_secret =
         build_secret(&id, &auth_name, &want, &current, &auth.bundle, &auth.signer.facts.fingerprint, existing.as_ref());
-    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
-    // Our write's echo in the Secret watch must not start another reconcile; anyone else's
-    // change seen meanwhile must.
-    let wrote = |result: Option<&Secret>| {
-        if ctx.written_secrets.end(&ns, &sname, result.and_then(|s| s.resource_version())) {
-            ctx.queue.push(&ns, &name);
+    let secret_written = match write_secret(&ctx, &id, &sname, existing.as_ref(), &desired_secret).await? {
+        Written::Yes => true,
+        Written::Unchanged => false,
+        Written::Conflict => return not_ready(&id, &ctx, &status, conflict(&ns, &sname), now).await,
+        Written::LookAgain => {
+            ctx.queue.schedule(&ns, &name, Duration::from_millis(100));
+            return Ok(Action::await_change());
         }
-    };
-    let secret_written = match &existing {
-        None => {
-            ctx.written_secrets.begin(&ns, &sname);
-            let r = secrets.create(&pp, &desired_secret).await;
-            wrote(r.as_ref().ok());
-            match r {
-                Ok(_) => true,
-                Err(kube::Error::Api(ae)) if ae.code == 409 => {
-                    let have = secrets.get_opt(&sname).await.map_err(Error::kube("reading identity Secret"))?;
-                    if have.as_ref().is_some_and(|h| !owned_by(h, &id) && !left_by_predecessor(h, &id)) {
-                        let p = conflict(&ns, &sname);
-                        return not_ready(&id, &ctx, &status, p, now).await;
-                    }
-                    // Ours after all (the cache lagged): look again.
-                    ctx.queue.schedule(&ns, &name, Duration::from_millis(100));
-                    return Ok(Action::await_change());
-                }
-                Err(e) => return Err(Error::kube("creating identity Secret")(e)),
-            }
-        }
-        Some(have) if secret_differs(have, &desired_secret) => {
-            ctx.written_secrets.begin(&ns, &sname);
-            let r = secrets.replace(&sname, &pp, &desired_secret).await;
-            wrote(r.as_ref().ok());
-            r.map_err(Error::kube("updating identity Secret"))?;
-            true
-        }
-        Some(_) => false,
     };
 
     let message = format!(
@@ -522,29 +429,7 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         rfc3339(current.facts.not_after),
         rfc3339(current.renewal_time)
     );
-    let new_status = MtlsIdentityStatus {
-        conditions: vec![condition(
-            &status.conditions,
-            "Ready",
-            true,
-            "Issued",
-            message.clone(),
-            id.metadata.generation,
-            now,
-        )],
-        spiffe_id: Some(want.subject.spiffe_id.clone()),
-        serial_number: Some(current.facts.serial.clone()),
-        not_before: Some(rfc3339(current.facts.not_before)),
-        not_after: Some(rfc3339(current.facts.not_after)),
-        renewal_time: Some(rfc3339(current.renewal_time)),
-        issuer_fingerprint: Some(auth.signer.facts.fingerprint.clone()),
-        bundle_version: Some(auth.bundle.version),
-        secret_name: Some(sname.clone()),
-        observed_generation: id.metadata.generation,
-        // Success clears the failure count but keeps when the last failure was.
-        failure_count: None,
-        last_failure_time: status.last_failure_time.clone(),
-    };
+    let new_status = issued_status(&id, &status, &want, &current, &auth, &sname, message.clone(), now);
     if ctx.status_is_new(&id.uid().unwrap_or_default(), &status, &new_status) {
         patch_status(&ctx, &id, &status, &new_status).await?;
     }
@@ -574,6 +459,198 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     let wait = if wait.is_positive() { wait.unsigned_abs() } else { Duration::ZERO };
     ctx.queue.schedule(&ns, &name, wait.max(Duration::from_millis(100)));
     Ok(Action::await_change())
+}
+
+/// Why an identity whose authority is not published cannot be issued: the authority is not
+/// ready, or does not exist.
+async fn authority_problem(ctx: &Context, auth_name: &str) -> Result<Problem, Error> {
+    let exists = Api::<crate::api::MtlsAuthority>::all(ctx.client.clone())
+        .get_opt(auth_name)
+        .await
+        .map_err(Error::kube("reading MtlsAuthority"))?
+        .is_some();
+    Ok(if exists {
+        Problem {
+            reason: "AuthorityNotReady",
+            message: format!("MtlsAuthority {auth_name} is not ready; see its status"),
+        }
+    } else {
+        Problem {
+            reason: "AuthorityNotFound",
+            message: format!("MtlsAuthority {auth_name} (spec.authorityRef) does not exist"),
+        }
+    })
+}
+
+/// The labels of namespace `ns` (for policy). The namespace cache may not have caught up with a
+/// brand-new namespace: the API is asked then.
+async fn namespace_labels(ctx: &Context, stores: &Stores, ns: &str) -> Result<BTreeMap<String, String>, Error> {
+    Ok(match stores.namespaces.get(&ObjectRef::new(ns)) {
+        Some(n) => n.labels().clone(),
+        None => Api::<Namespace>::all(ctx.client.clone())
+            .get_metadata_opt(ns)
+            .await
+            .map_err(Error::kube("reading Namespace"))?
+            .map(|n| n.labels().clone())
+            .unwrap_or_default(),
+    })
+}
+
+/// The identity's Secret, if it has one: `Err(problem)` when a Secret of that name belongs to
+/// someone else. A never-issued identity whose Secret is not in our cache is not read (its Secret
+/// is created without a read first; a foreign Secret of that name makes the create fail, and is
+/// then read).
+async fn read_secret(
+    ctx: &Context,
+    stores: &Stores,
+    id: &MtlsIdentity,
+    sname: &str,
+    status: &MtlsIdentityStatus,
+) -> Result<Result<Option<Secret>, Problem>, Error> {
+    let ns = id.namespace().unwrap_or_default();
+    let cached = stores.secrets.contains(&ns, sname);
+    if !cached && status.serial_number.is_none() {
+        return Ok(Ok(None));
+    }
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(sname).await.map_err(Error::kube("reading identity Secret"))?;
+    match &existing {
+        Some(s) if !owned_by(s, id) && !left_by_predecessor(s, id) => Ok(Err(conflict(&ns, sname))),
+        _ => Ok(Ok(existing)),
+    }
+}
+
+/// Issues the certificate `want` describes, paced by the global issuance rate (and, for a
+/// re-issue, the authority's reissueRate), most urgent first.
+#[allow(clippy::too_many_arguments)]
+async fn issue(
+    ctx: &Context,
+    ns: &str,
+    auth_name: &str,
+    auth: &AuthorityState,
+    want: &Desired,
+    kind: IssueKind,
+    existing: Option<&Secret>,
+    now: Timestamp,
+) -> Result<Current, Error> {
+    // Most urgent first: no certificate or an expired one before one merely due.
+    let urgency = existing
+        .and_then(|s| s.annotations().get(ANN_NOT_AFTER).and_then(|t| parse_rfc3339(t)))
+        .map_or(0, |t| t.as_second());
+    if kind == IssueKind::Reissue {
+        // Re-issues (a CA rotation, a policy change) go at the authority's reissueRate.
+        ctx.reissue_limiter(auth_name, auth.spec.rotation.reissue_rate).acquire(urgency).await;
+    }
+    ctx.limiter.acquire(urgency).await;
+    let started = std::time::Instant::now();
+    let req = LeafRequest {
+        common_name: format!("{}.{ns}", want.subject.service_account),
+        spiffe_id: want.subject.spiffe_id.clone(),
+        dns_names: want.subject.dns_names.clone(),
+        ip_addresses: want.subject.ip_addresses.clone(),
+        usages: want.usages.clone(),
+        algorithm: want.algorithm,
+        not_before: now - CLOCK_SKEW_ALLOWANCE,
+        not_after: now + want.duration,
+    };
+    let signer = auth.signer.clone();
+    let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
+        .await
+        .map_err(|e| Error::Pki(pki::PkiError::Generate(format!("issuing task failed: {e}"))))??;
+    let renewal = renewal_of(&leaf.facts, want.renew_before);
+    ctx.metrics.observe_issuance(auth_name, kind.label(), started.elapsed());
+    Ok(Current {
+        tls_crt: leaf.cert_chain_pem,
+        tls_key: leaf.key.expose().to_string(),
+        facts: leaf.facts,
+        renewal_time: renewal,
+    })
+}
+
+/// What writing the identity's Secret came to.
+enum Written {
+    Yes,
+    /// It already held what it should.
+    Unchanged,
+    /// The create found a Secret of that name that is someone else's.
+    Conflict,
+    /// The create found our own Secret (the cache lagged): look again shortly.
+    LookAgain,
+}
+
+/// Creates the Secret, or replaces it if it differs from `desired`. Our write's echo in the
+/// Secret watch must not start another reconcile; anyone else's change seen meanwhile must.
+async fn write_secret(
+    ctx: &Context,
+    id: &MtlsIdentity,
+    sname: &str,
+    existing: Option<&Secret>,
+    desired: &Secret,
+) -> Result<Written, Error> {
+    let (ns, name) = (id.namespace().unwrap_or_default(), id.name_any());
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let pp = PostParams { field_manager: Some(MANAGER.into()), ..Default::default() };
+    let wrote = |result: Option<&Secret>| {
+        if ctx.written_secrets.end(&ns, sname, result.and_then(|s| s.resource_version())) {
+            ctx.queue.push(&ns, &name);
+        }
+    };
+    match existing {
+        None => {
+            ctx.written_secrets.begin(&ns, sname);
+            let r = secrets.create(&pp, desired).await;
+            wrote(r.as_ref().ok());
+            match r {
+                Ok(_) => Ok(Written::Yes),
+                Err(kube::Error::Api(ae)) if ae.code == 409 => {
+                    let have = secrets.get_opt(sname).await.map_err(Error::kube("reading identity Secret"))?;
+                    if have.as_ref().is_some_and(|h| !owned_by(h, id) && !left_by_predecessor(h, id)) {
+                        Ok(Written::Conflict)
+                    } else {
+                        Ok(Written::LookAgain)
+                    }
+                }
+                Err(e) => Err(Error::kube("creating identity Secret")(e)),
+            }
+        }
+        Some(have) if secret_differs(have, desired) => {
+            ctx.written_secrets.begin(&ns, sname);
+            let r = secrets.replace(sname, &pp, desired).await;
+            wrote(r.as_ref().ok());
+            r.map_err(Error::kube("updating identity Secret"))?;
+            Ok(Written::Yes)
+        }
+        Some(_) => Ok(Written::Unchanged),
+    }
+}
+
+/// The status of an identity holding `current`.
+#[allow(clippy::too_many_arguments)]
+fn issued_status(
+    id: &MtlsIdentity,
+    status: &MtlsIdentityStatus,
+    want: &Desired,
+    current: &Current,
+    auth: &AuthorityState,
+    sname: &str,
+    message: String,
+    now: Timestamp,
+) -> MtlsIdentityStatus {
+    MtlsIdentityStatus {
+        conditions: vec![condition(&status.conditions, "Ready", true, "Issued", message, id.metadata.generation, now)],
+        spiffe_id: Some(want.subject.spiffe_id.clone()),
+        serial_number: Some(current.facts.serial.clone()),
+        not_before: Some(rfc3339(current.facts.not_before)),
+        not_after: Some(rfc3339(current.facts.not_after)),
+        renewal_time: Some(rfc3339(current.renewal_time)),
+        issuer_fingerprint: Some(auth.signer.facts.fingerprint.clone()),
+        bundle_version: Some(auth.bundle.version),
+        secret_name: Some(sname.to_string()),
+        observed_generation: id.metadata.generation,
+        // Success clears the failure count but keeps when the last failure was.
+        failure_count: None,
+        last_failure_time: status.last_failure_time.clone(),
+    }
 }
 
 async fn patch_status(
