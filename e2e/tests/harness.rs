@@ -9,20 +9,17 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::{
-    api::core::v1::Namespace, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client,
     api::{DeleteParams, Patch, PatchParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
 };
 
 pub const OPERATOR_NAMESPACE: &str = "mtls-system";
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+#[path = "support.rs"]
+mod support;
+pub use support::{http_get, repo_root, wait_for};
 
 pub fn kubeconfig_path() -> PathBuf {
     std::env::var_os("MTLS_E2E_KUBECONFIG")
@@ -31,23 +28,8 @@ pub fn kubeconfig_path() -> PathBuf {
 }
 
 pub async fn client() -> Client {
-    let path = kubeconfig_path();
-    let kc = Kubeconfig::read_from(&path).unwrap_or_else(|e| {
-        panic!(
-            "no local control plane: cannot read {} ({e}).\nStart it with `e2e/cluster.sh up`, or run the whole suite with `e2e/test.sh`.",
-            path.display()
-        )
-    });
-    let config =
-        kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("kubeconfig is valid");
-    let client = Client::try_from(config).expect("client from kubeconfig");
-    if let Err(e) = client.apiserver_version().await {
-        panic!(
-            "the local control plane in {} does not answer: {e}.\nStart it with `e2e/cluster.sh up`.",
-            path.display()
-        );
-    }
-    client
+    let hint = "Start it with `e2e/cluster.sh up`, or run the whole suite with `e2e/test.sh`.";
+    support::connect(&kubeconfig_path(), hint).await.unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 /// A namespace owned by one test, deleted when the guard drops.
@@ -101,30 +83,9 @@ pub fn rand_u32() -> u32 {
     h.finish() as u32
 }
 
-/// Applies the checked-in CRDs (what a user applies) and waits until both are Established.
+/// Applies the checked-in CRDs (what a user applies) and waits until they are Established.
 pub async fn install_crds(client: &Client) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for entry in std::fs::read_dir(repo_root().join("crds")).expect("crds/ exists") {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path).unwrap();
-        let crd: CustomResourceDefinition =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        api.patch(&crd.name_any(), &PatchParams::apply("mtls-e2e").force(), &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|e| panic!("applying {}: {e}", path.display()));
-    }
-    for name in ["mtlsauthorities.mtls.io", "mtlsidentities.mtls.io"] {
-        wait_for(Duration::from_secs(30), || {
-            let api = api.clone();
-            async move {
-                let crd = api.get(name).await.ok()?;
-                let conds = crd.status?.conditions?;
-                conds.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-            }
-        })
-        .await
-        .unwrap_or_else(|| panic!("CRD {name} did not become Established"));
-    }
+    support::install_crds(client, "mtls-e2e").await.unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// What every operator process needs before it starts: the CRDs and its own namespace.
@@ -132,24 +93,6 @@ pub async fn install_crds_and_operator_namespace(client: &Client) {
     install_crds(client).await;
     let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": OPERATOR_NAMESPACE}})).unwrap();
     let _ = Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await;
-}
-
-/// Polls `f` every 100 ms until it returns Some, or gives up after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Some(v);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 pub struct Operator {
@@ -203,20 +146,6 @@ pub async fn operator() -> &'static Operator {
     .await
     .unwrap_or_else(|| panic!("operator did not become ready; log: {}", op.log.display()));
     op
-}
-
-/// Minimal HTTP/1.0 GET for the operator's probes and metrics.
-pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").expect("http URL");
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, body))
 }
 
 /// Sets (Some) or removes (None) one label of a namespace.
