@@ -16,8 +16,8 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
+    fixtures::{TestAuthority, get_secret, openssl, wait_authority_ready},
     harness::{self, OPERATOR_NAMESPACE, TestNamespace},
-    issuance::{TestAuthority, get_secret, openssl, wait_authority_ready},
 };
 
 /// The data of a Secret: key, value.
@@ -547,7 +547,7 @@ async fn bad_input_is_refused_or_reported_and_never_stalls_issuance() {
         Some(format!("spiffe://cluster.local/ns/{n}/sa/valid").as_str())
     );
     let s = get_secret(&client, n, "valid-mtls").await;
-    let leaf = mtls_operator::core::pki::inspect_leaf(&crate::issuance::data(&s, "tls.crt"), "").unwrap();
+    let leaf = mtls_operator::core::pki::inspect_leaf(&crate::fixtures::data(&s, "tls.crt"), "").unwrap();
     assert!(leaf.dns_names.contains(&"api.corp.example".to_string()), "{:?}", leaf.dns_names);
 
     // Nothing flaps: give the operator a few seconds to misbehave, then every bad object still
@@ -605,8 +605,8 @@ async fn an_authority_that_appears_later_is_reported_accurately() {
     let client = harness::client().await;
     let ns = TestNamespace::new(&client, "late-authority").await;
     let name = format!("late-{:06x}", harness::rand_u32() & 0xffffff);
-    crate::issuance::create_identity(&client, &ns.name, "app", &name, json!({})).await;
-    crate::issuance::wait_identity_reason(&client, &ns.name, "app", "AuthorityNotFound").await;
+    crate::fixtures::create_identity(&client, &ns.name, "app", &name, json!({})).await;
+    crate::fixtures::wait_identity_reason(&client, &ns.name, "app", "AuthorityNotFound").await;
 
     // The authority appears, but its CA Secret does not exist yet.
     let secret_name = format!("{name}-supplied");
@@ -618,8 +618,8 @@ async fn an_authority_that_appears_later_is_reported_accurately() {
         .await
         .unwrap();
     let _guard = TestAuthority { name: name.clone() };
-    crate::issuance::wait_authority_reason(&client, &name, "CaSecretNotFound").await;
-    let id = crate::issuance::wait_identity_reason(&client, &ns.name, "app", "AuthorityNotReady").await;
+    crate::fixtures::wait_authority_reason(&client, &name, "CaSecretNotFound").await;
+    let id = crate::fixtures::wait_identity_reason(&client, &ns.name, "app", "AuthorityNotReady").await;
     assert!(id.status.unwrap().conditions[0].message.contains(&name));
 
     // The Secret arrives: the authority becomes Ready and the identity is issued.
@@ -636,7 +636,7 @@ async fn an_authority_that_appears_later_is_reported_accurately() {
         "stringData": {"tls.crt": crt, "tls.key": key.expose()}}))
     .unwrap();
     secrets.create(&PostParams::default(), &secret).await.unwrap();
-    let id = crate::issuance::wait_identity_ready(&client, &ns.name, "app").await;
+    let id = crate::fixtures::wait_identity_ready(&client, &ns.name, "app").await;
     let w = warnings(&client, &ns.name, &id.uid().unwrap()).await;
     assert_eq!(w, [("AuthorityNotFound".to_string(), 1), ("AuthorityNotReady".to_string(), 1)], "one Warning each");
     let _ = secrets.delete(&secret_name, &DeleteParams::default()).await;

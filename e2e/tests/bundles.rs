@@ -13,8 +13,8 @@ use kube::{
 use mtls_operator::api::MtlsAuthority;
 
 use crate::{
+    fixtures::{TestAuthority, create_identity, data, get_secret, wait_authority_ready, wait_identity_ready},
     harness::{self, OPERATOR_NAMESPACE, TestNamespace},
-    issuance::{TestAuthority, create_identity, data, get_secret, wait_authority_ready, wait_identity_ready},
 };
 
 const WAIT: Duration = Duration::from_secs(60);

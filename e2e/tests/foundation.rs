@@ -191,7 +191,7 @@ async fn operator_serves_probes_and_metrics() {
 
 #[tokio::test]
 async fn metrics_report_each_identitys_expiry() {
-    use crate::issuance::{TestAuthority, create_identity, wait_authority_ready, wait_identity_ready};
+    use crate::fixtures::{TestAuthority, create_identity, wait_authority_ready, wait_identity_ready};
     let op = harness::operator().await;
     let client = harness::client().await;
     let auth = TestAuthority::create(&client, "metrics", serde_json::json!({})).await;

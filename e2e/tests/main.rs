@@ -5,6 +5,7 @@ mod harness;
 
 mod bad_input;
 mod bundles;
+mod fixtures;
 mod foundation;
 mod issuance;
 mod recreate;

@@ -12,8 +12,8 @@ use kube::{
 use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
 use crate::{
+    fixtures::{TestAuthority, create_identity, get_secret, wait_authority_ready, wait_identity_reason},
     harness::{self, TestNamespace},
-    issuance::{TestAuthority, create_identity, get_secret, wait_authority_ready, wait_identity_reason},
 };
 
 /// How long a re-created identity may take to be Ready: the normal issuance latency with room

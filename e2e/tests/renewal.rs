@@ -16,10 +16,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client, ResourceExt};
 
 use crate::{
-    harness::{self, TestNamespace},
-    issuance::{
+    fixtures::{
         TestAuthority, create_identity, data, openssl_mtls_handshake, wait_authority_ready, wait_identity_ready,
     },
+    harness::{self, TestNamespace},
 };
 
 /// Writes `files` into `dir` the way kubelet does: a fresh directory, then an atomic swap of
@@ -135,7 +135,7 @@ async fn short_lived_certificates_renew_before_expiry_while_mtls_keeps_working()
                 list.push((f.facts.serial.clone(), jiff::Timestamp::now(), spki, f.facts.not_after));
             }
         }
-        match crate::issuance::rustls_mtls_handshake(&server, &caller, &server_name) {
+        match crate::fixtures::rustls_mtls_handshake(&server, &caller, &server_name) {
             Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
             Err(e) => {
                 failures.lock().unwrap().push(format!("rustls: {e}"));

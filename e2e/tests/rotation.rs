@@ -25,11 +25,11 @@ use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::{
-    harness::{self, TestNamespace},
-    issuance::{
+    fixtures::{
         Side, TestAuthority, create_identity, mtls_in_memory, roots_from_pem, spiffe_of, wait_authority_ready,
         wait_identity_ready,
     },
+    harness::{self, TestNamespace},
     renewal::project_files,
 };
 
