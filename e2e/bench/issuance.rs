@@ -362,17 +362,7 @@ impl Operator {
             }
             None => Command::new(operator_bin),
         };
-        let child = command
-            .args([
-                "run",
-                "--namespace",
-                OPERATOR_NAMESPACE,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--exit-on-stdin-close",
-            ])
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", std::env::var("MTLS_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+        let child = support::operator_args(&mut command, OPERATOR_NAMESPACE, port, &kubeconfig_path())
             .env("NO_COLOR", "1")
             .stdin(Stdio::piped())
             .stdout(out.try_clone()?)

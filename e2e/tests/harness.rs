@@ -120,17 +120,8 @@ pub async fn operator() -> &'static Operator {
         let dir = kubeconfig_path().parent().map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
         let log = dir.join(format!("operator-e2e-{port}.log"));
         let out = std::fs::File::create(&log).expect("operator log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_mtls-operator"))
-            .args([
-                "run",
-                "--namespace",
-                OPERATOR_NAMESPACE,
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--exit-on-stdin-close",
-            ])
-            .env("KUBECONFIG", kubeconfig_path())
-            .env("RUST_LOG", std::env::var("MTLS_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mtls-operator"));
+        let child = support::operator_args(&mut command, OPERATOR_NAMESPACE, port, &kubeconfig_path())
             .stdin(Stdio::piped())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -1,7 +1,7 @@
 //! Helpers shared by the end-to-end tests (through `harness`) and the benchmark
 //! (`e2e/bench/issuance.rs`): they return errors, and the test harness turns them into panics.
 
-use std::{path::PathBuf, time::Duration};
+use std::{path::PathBuf, process::Command, time::Duration};
 
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -95,4 +95,19 @@ pub async fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     let code = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code, body))
+}
+
+/// `mtls-operator run` as the tests and the benchmark run it: managing `namespace`, probes and
+/// metrics on 127.0.0.1:`port`, the control plane of `kubeconfig`, logging at `MTLS_E2E_LOG`
+/// (default `info,kube=warn`), and stopping when its stdin closes (when the test process ends).
+pub fn operator_args<'a>(
+    command: &'a mut Command,
+    namespace: &str,
+    port: u16,
+    kubeconfig: &std::path::Path,
+) -> &'a mut Command {
+    command
+        .args(["run", "--namespace", namespace, "--listen", &format!("127.0.0.1:{port}"), "--exit-on-stdin-close"])
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", std::env::var("MTLS_E2E_LOG").unwrap_or_else(|_| "info,kube=warn".into()))
 }

@@ -17,7 +17,7 @@ use kube::{
 
 use super::{
     Started, Wiring,
-    watches::{departures, failed_since_outage, slim, watch, watch_config},
+    watches::{departures, failed_since_outage, namespaces, slim, watch, watch_config},
 };
 use crate::{
     api::MtlsAuthority,
@@ -36,7 +36,7 @@ pub(super) fn start(
 ) -> Started {
     let (client, health, ctx) = (&w.client, &w.api_health, &w.ctx);
     let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
-    let (ns_store, ns_writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+    let (ns_store, bundle_namespaces) = namespaces(health, client, "namespaces (bundles)");
     let caches = Arc::new(publish::Caches { namespaces: ns_store.clone(), configmaps: cm_store.clone(), secrets });
 
     let (auth_store, auth_writer) = reflector::store::<MtlsAuthority>();
@@ -69,18 +69,6 @@ pub(super) fn start(
         ),
     )
     .touched_objects();
-    let bundle_namespaces = reflector::reflector(
-        ns_writer,
-        watch(
-            health,
-            "namespaces (bundles)",
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watch_config(),
-            slim,
-        ),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::labels, PredicateConfig::default());
     // Sources of additionalCAs are plain ConfigMaps in the operator's namespace.
     let source_configmaps = watch(
         health,

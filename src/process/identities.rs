@@ -68,19 +68,7 @@ pub(super) fn start(
     });
     let (relisted_tx, relisted) = tokio::sync::mpsc::unbounded_channel::<()>();
     let owned_secrets = owned_secrets(w, secrets.clone(), relisted_tx);
-    let (ns_store, ns_writer) = reflector::store();
-    let namespaces = reflector::reflector(
-        ns_writer,
-        watch(
-            health,
-            "namespaces (policy)",
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            watch_config(),
-            slim,
-        ),
-    )
-    .touched_objects()
-    .predicate_filter(predicates::labels, PredicateConfig::default());
+    let (ns_store, namespaces) = super::watches::namespaces(health, client, "namespaces (policy)");
 
     let wake = waker(id_store.clone(), ctx.clone());
     let stores = Arc::new(identity::Stores { namespaces: ns_store.clone(), secrets: secrets.clone() });

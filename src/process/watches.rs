@@ -5,11 +5,14 @@
 use std::sync::Arc;
 
 use futures::{StreamExt, future};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
     Api, ResourceExt,
+    core::PartialObjectMeta,
     runtime::{
-        WatchStreamExt,
+        WatchStreamExt, predicates,
         reflector::{self, ObjectRef},
+        utils::PredicateConfig,
         watcher,
     },
 };
@@ -157,4 +160,25 @@ where
         }
         _ => {}
     }
+}
+
+/// Namespaces (metadata only) into a cache of their own, passing on those whose labels changed
+/// (policy and bundle targets select namespaces by label). Each controller has its own: a
+/// kube-runtime watch stream feeds one consumer.
+pub(super) fn namespaces(
+    health: &Arc<ApiHealth>,
+    client: &kube::Client,
+    name: &'static str,
+) -> (
+    reflector::Store<PartialObjectMeta<Namespace>>,
+    impl futures::Stream<Item = Result<PartialObjectMeta<Namespace>, watcher::Error>> + Send + 'static,
+) {
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watch(health, name, Api::<PartialObjectMeta<Namespace>>::all(client.clone()), watch_config(), slim),
+    )
+    .touched_objects()
+    .predicate_filter(predicates::labels, PredicateConfig::default());
+    (store, stream)
 }
