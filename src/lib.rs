@@ -1,8 +1,10 @@
 //! mtls-operator: reconciles `MtlsIdentity` objects into short-lived certificate Secrets,
 //! renews them, publishes versioned trust bundles and rotates CAs in phases.
 //!
-//! Pure logic (durations, certificates, policy, schedules) lives in modules with no Kubernetes
-//! I/O; `controller` is the thin shell that reads, calls that core and writes.
+//! Four layers, each using only those before it: [`api`] (the resource types), [`core`] (pure
+//! logic: no Kubernetes client, clock or I/O), [`controllers`] (what talks to the Kubernetes API,
+//! one module per controller) and [`process`] (start-up, leader election, probes, metrics,
+//! shutdown). `main.rs` is the command line.
 
 pub mod api;
 pub mod controllers;

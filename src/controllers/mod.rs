@@ -1,6 +1,9 @@
-//! The Kubernetes side: watches, the shared context, and the two reconcilers. Each reconciler
-//! reads, calls the pure core (`pki`, `policy`, `schedule`) and writes; nothing here decides what
-//! a certificate should contain.
+//! The controllers: the code that talks to the Kubernetes API. One module per controller
+//! (`authority`, `identity`, and `publish` for the bundle ConfigMaps), the context they share,
+//! the identity work queue, the Secret cache, API health and watches, errors, metrics and the
+//! issuance rate limiter. Each reconcile observes (reads), decides by calling the pure core
+//! (`crate::core`: `pki`, `policy`, `schedule`, `bundle`, `rotation`) and acts (writes); nothing
+//! here decides what a certificate should contain. Uses `api` and `core`, never `process`.
 
 pub mod apihealth;
 pub mod authority;
