@@ -361,9 +361,12 @@ async fn sigkill_at_random_moments_during_issuance_and_rotation_loses_nothing() 
 }
 
 /// After the API server or etcd comes back, the operator is ready again and has caught up within
-/// this long of the API server's own `/readyz` answering ok — whatever the outage's length: its
-/// watches relist at once when the API answers (within the 2 s between its health checks), and
-/// the catch-up is the issuance of what happened meanwhile. README, "Failures and recovery".
+/// this long of the API serving again — whatever the outage's length: its watches relist at once
+/// when the API answers (within the 2 s between its health checks), and the catch-up is the
+/// issuance of what happened meanwhile. "Serving again" is when the test's own writes right after
+/// the API server's `/readyz` said ok have completed: after a long etcd outage the API server's
+/// etcd connections reconnect one by one on their own backoff, and writes can wait many seconds
+/// past its `/readyz` (measured up to 15 s after 120 s outages). README, "Failures and recovery".
 const RECOVERY_BOUND: Duration = Duration::from_secs(15);
 
 /// Waits until the API server's `/readyz` answers ok; returns that instant.
@@ -380,19 +383,25 @@ async fn api_server_ready(client: &Client) -> tokio::time::Instant {
 }
 
 /// Asserts that the operator is ready and has converged on `expected` identities within
-/// [`RECOVERY_BOUND`] of `api_back`; prints how long it took.
+/// [`RECOVERY_BOUND`] of `served` (the API served the test's writes); prints how long it took,
+/// and how long after the API server's `/readyz` (`api_back`) the writes completed.
 async fn recovered_within_bound(
     s: &Setup,
     op: &OperatorProcess,
     expected: usize,
     api_back: tokio::time::Instant,
+    served: tokio::time::Instant,
     what: &str,
 ) {
-    let left = RECOVERY_BOUND.saturating_sub(api_back.elapsed());
-    assert!(op.wait_readyz(200, left).await, "{what}: not ready {RECOVERY_BOUND:?} after the API server was");
-    let left = RECOVERY_BOUND.saturating_sub(api_back.elapsed());
+    let left = RECOVERY_BOUND.saturating_sub(served.elapsed());
+    assert!(op.wait_readyz(200, left).await, "{what}: not ready {RECOVERY_BOUND:?} after the API served again");
+    let left = RECOVERY_BOUND.saturating_sub(served.elapsed());
     s.wait_converged(expected, left).await;
-    eprintln!("{what}: ready and converged {:?} after the API server's /readyz", api_back.elapsed());
+    eprintln!(
+        "{what}: ready and converged {:?} after the API served the writes ({:?} after its /readyz)",
+        served.elapsed(),
+        served - api_back
+    );
 }
 
 #[tokio::test]
@@ -420,7 +429,8 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
         .delete("id-0-mtls", &DeleteParams::default())
         .await
         .unwrap();
-    recovered_within_bound(&s, &op, 210, back, "API server and etcd restarted").await;
+    let served = tokio::time::Instant::now();
+    recovered_within_bound(&s, &op, 210, back, served, "API server and etcd restarted").await;
 
     // etcd alone: the API server answers but cannot store anything.
     cluster("stop-etcd");
@@ -438,7 +448,8 @@ async fn api_server_and_etcd_outages_are_ridden_out_without_a_restart() {
             .await
             .unwrap();
     }
-    recovered_within_bound(&s, &op, 230, back, "etcd restarted").await;
+    let served = tokio::time::Instant::now();
+    recovered_within_bound(&s, &op, 230, back, served, "etcd restarted").await;
     assert!(op.alive(), "the same operator process served throughout");
     no_panic(&s.log);
 }
