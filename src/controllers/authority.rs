@@ -782,4 +782,76 @@ mod tests {
         let ca = pki::load_ca(&root, root_key.expose(), None, now).unwrap();
         assert_eq!(ca.intermediate_anchor, None);
     }
+
+    fn signer(now: Timestamp) -> SigningCa {
+        let (crt, key) =
+            pki::generate_ca("Test CA", &[], crate::api::KeyAlgorithm::EcdsaP256, now, Duration::from_secs(90 * 86400))
+                .unwrap();
+        pki::load_ca(&crt, key.expose(), None, now).unwrap()
+    }
+
+    /// The decide step of the authority reconcile, with a fixed clock: what the rotation machine
+    /// is told, and when to look again.
+    #[test]
+    fn observes_auto_rotation_and_rollout_and_looks_again_when_something_is_due() {
+        let now = Timestamp::from_second(1_900_000_000).unwrap();
+        let ca = signer(now);
+        let auth: MtlsAuthority = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "a"}, "spec": {"rotation": {"propagationDelay": "90s"}}}),
+        )
+        .unwrap();
+        let state = RotationState::stable(1);
+        let cas = BTreeMap::from([(1, ca.clone())]);
+        let done = bundle::Rollout {
+            namespaces_total: 3,
+            namespaces_up_to_date: 3,
+            secrets_total: 2,
+            secrets_up_to_date: 2,
+            secrets_signed: 2,
+            ..Default::default()
+        };
+        let (obs, auto_before) = observe(&auth, &state, &ca, &cas, None, &done, now);
+        let lifetime = ca.facts.not_after.duration_since(ca.facts.not_before).unsigned_abs();
+        assert_eq!(auto_before, lifetime / 3, "default: a third of the CA's lifetime");
+        assert_eq!(obs.propagation_delay, Duration::from_secs(90));
+        assert!(!obs.auto_due && obs.bundle_complete && obs.all_signed && obs.next_generation == 2);
+        // Stable and complete: next look when the CA is due for rotation.
+        let wait = next_look(false, &state, &done, &ca, auto_before, obs.propagation_delay, now);
+        assert_eq!(wait, ca.facts.not_after.duration_since(now).unsigned_abs() - auto_before);
+        // Past that point the CA is due.
+        let later = ca.facts.not_after - auto_before;
+        assert!(observe(&auth, &state, &ca, &cas, None, &done, later).0.auto_due);
+        // A rollout still converging: look again shortly; a transition: at once.
+        let partial = bundle::Rollout { namespaces_up_to_date: 2, ..done.clone() };
+        assert!(!observe(&auth, &state, &ca, &cas, None, &partial, now).0.bundle_complete);
+        assert_eq!(
+            next_look(false, &state, &partial, &ca, auto_before, obs.propagation_delay, now),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            next_look(true, &state, &done, &ca, auto_before, obs.propagation_delay, now),
+            Duration::from_millis(100)
+        );
+        // Propagating: at the end of the propagation delay.
+        let waiting = RotationState {
+            phase: Phase::Propagating,
+            to: Some(2),
+            phase_since: now.as_second() - 30,
+            ..state.clone()
+        };
+        assert_eq!(
+            next_look(false, &waiting, &done, &ca, auto_before, obs.propagation_delay, now),
+            Duration::from_secs(60)
+        );
+        let msg = ready_message(
+            &auth,
+            &state,
+            &obs,
+            &ca,
+            &bundle::assemble(&ca.roots_pem, &[], now, None),
+            &partial,
+            &["x/y".into()],
+        );
+        assert!(msg.contains("in 2/3 namespaces") && msg.contains("additionalCAs not found or not PEM: x/y"), "{msg}");
+    }
 }

@@ -728,3 +728,94 @@ pub fn error_policy(id: Arc<MtlsIdentity>, err: &Error, ctx: Arc<Context>) -> Ac
     }
     Action::await_change()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The decide step of the identity reconcile, with a fixed clock: what the certificate must be
+    //! (`desired`) and whether the Secret's still is (`assess`).
+    use super::*;
+    use crate::core::bundle;
+
+    fn authority(now: Timestamp, name: &str) -> AuthorityState {
+        let (crt, key) = pki::generate_ca(name, &[], KeyAlgorithm::EcdsaP256, now, Duration::from_secs(30 * 86400))
+            .expect("a test CA");
+        let signer = pki::load_ca(&crt, key.expose(), None, now).expect("the test CA loads");
+        let spec = serde_json::from_value(serde_json::json!({})).expect("an empty authority spec is valid");
+        let bundle = bundle::assemble(&signer.roots_pem, &[], now, None);
+        AuthorityState { generation: Some(1), spec, signer, bundle }
+    }
+
+    fn identity() -> MtlsIdentity {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u-1"},
+            "spec": {"authorityRef": "a"},
+        }))
+        .expect("a valid identity")
+    }
+
+    /// What the reconcile would write for `want`, issued by `auth` at `now`.
+    fn issued_secret(id: &MtlsIdentity, auth: &AuthorityState, want: &Desired, now: Timestamp) -> Secret {
+        let leaf = auth
+            .signer
+            .issue(&LeafRequest {
+                common_name: "web.shop".into(),
+                spiffe_id: want.subject.spiffe_id.clone(),
+                dns_names: want.subject.dns_names.clone(),
+                ip_addresses: want.subject.ip_addresses.clone(),
+                usages: want.usages.clone(),
+                algorithm: want.algorithm,
+                not_before: now - CLOCK_SKEW_ALLOWANCE,
+                not_after: now + want.duration,
+            })
+            .expect("the test CA issues");
+        let renewal_time = renewal_of(&leaf.facts, want.renew_before);
+        let cur = Current {
+            tls_crt: leaf.cert_chain_pem,
+            tls_key: leaf.key.expose().to_string(),
+            facts: leaf.facts,
+            renewal_time,
+        };
+        build_secret(id, "a", want, &cur, &auth.bundle, &auth.signer.facts.fingerprint, None)
+    }
+
+    #[test]
+    fn a_secret_is_kept_until_renewal_and_replaced_for_the_right_reason() {
+        let now = Timestamp::from_second(1_900_000_000).unwrap();
+        let (id, auth) = (identity(), authority(now, "Test CA"));
+        let want = desired(&id, "a", &auth, &BTreeMap::new()).expect("allowed by the default policy");
+        assert_eq!(want.subject.spiffe_id, "spiffe://cluster.local/ns/shop/sa/web");
+        assert_eq!(assess(None, &want, &auth, now).err(), Some(IssueKind::Initial), "no Secret: issue");
+
+        let secret = issued_secret(&id, &auth, &want, now);
+        let kept = assess(Some(&secret), &want, &auth, now).expect("a fresh certificate is kept");
+        assert!(kept.renewal_time > now && kept.renewal_time < kept.facts.not_after);
+
+        // Renewal once its renewal time has come.
+        assert_eq!(assess(Some(&secret), &want, &auth, kept.renewal_time).err(), Some(IssueKind::Renewal));
+        // Another signer (a CA rotation): re-issue.
+        let other = authority(now, "Other CA");
+        let want_other = desired(&id, "a", &other, &BTreeMap::new()).unwrap();
+        assert_eq!(assess(Some(&secret), &want_other, &other, now).err(), Some(IssueKind::Reissue));
+        // A spec change that alters the certificate (another name): re-issue.
+        let mut renamed = id.clone();
+        renamed.spec.dns_names = vec!["extra".into()];
+        let want_renamed = desired(&renamed, "a", &auth, &BTreeMap::new()).unwrap();
+        assert_eq!(assess(Some(&secret), &want_renamed, &auth, now).err(), Some(IssueKind::Reissue));
+        // Tampered data: repair.
+        let mut broken = secret.clone();
+        broken.data.as_mut().unwrap().insert("tls.key".into(), k8s_openapi::ByteString(b"not a key".to_vec()));
+        assert_eq!(assess(Some(&broken), &want, &auth, now).err(), Some(IssueKind::Repair));
+        let mut emptied = secret.clone();
+        emptied.data.as_mut().unwrap().remove("tls.crt");
+        assert_eq!(assess(Some(&emptied), &want, &auth, now).err(), Some(IssueKind::Repair));
+    }
+
+    #[test]
+    fn policy_problems_are_reported_not_issued() {
+        let now = Timestamp::from_second(1_900_000_000).unwrap();
+        let mut id = identity();
+        id.spec.dns_names = vec!["web.other-namespace.svc".into()];
+        let p = desired(&id, "a", &authority(now, "Test CA"), &BTreeMap::new()).err().expect("refused");
+        assert_eq!(p.reason, "PolicyViolation", "{}", p.message);
+    }
+}
