@@ -88,6 +88,22 @@ pub struct Desired {
     pub spec_hash: String,
 }
 
+impl Desired {
+    /// The certificate to issue at `now` for an identity in namespace `ns`.
+    pub fn leaf_request(&self, ns: &str, now: Timestamp) -> LeafRequest {
+        LeafRequest {
+            common_name: format!("{}.{ns}", self.subject.service_account),
+            spiffe_id: self.subject.spiffe_id.clone(),
+            dns_names: self.subject.dns_names.clone(),
+            ip_addresses: self.subject.ip_addresses.clone(),
+            usages: self.usages.clone(),
+            algorithm: self.algorithm,
+            not_before: now - CLOCK_SKEW_ALLOWANCE,
+            not_after: now + self.duration,
+        }
+    }
+}
+
 pub fn secret_name(id: &MtlsIdentity) -> String {
     id.spec.secret_name.clone().unwrap_or_else(|| format!("{}-mtls", id.name_any()))
 }
@@ -543,16 +559,7 @@ async fn issue(
     }
     ctx.limiter.acquire(urgency).await;
     let started = std::time::Instant::now();
-    let req = LeafRequest {
-        common_name: format!("{}.{ns}", want.subject.service_account),
-        spiffe_id: want.subject.spiffe_id.clone(),
-        dns_names: want.subject.dns_names.clone(),
-        ip_addresses: want.subject.ip_addresses.clone(),
-        usages: want.usages.clone(),
-        algorithm: want.algorithm,
-        not_before: now - CLOCK_SKEW_ALLOWANCE,
-        not_after: now + want.duration,
-    };
+    let req = want.leaf_request(ns, now);
     let signer = auth.signer.clone();
     let leaf = tokio::task::spawn_blocking(move || signer.issue(&req))
         .await
@@ -755,19 +762,7 @@ mod tests {
 
     /// What the reconcile would write for `want`, issued by `auth` at `now`.
     fn issued_secret(id: &MtlsIdentity, auth: &AuthorityState, want: &Desired, now: Timestamp) -> Secret {
-        let leaf = auth
-            .signer
-            .issue(&LeafRequest {
-                common_name: "web.shop".into(),
-                spiffe_id: want.subject.spiffe_id.clone(),
-                dns_names: want.subject.dns_names.clone(),
-                ip_addresses: want.subject.ip_addresses.clone(),
-                usages: want.usages.clone(),
-                algorithm: want.algorithm,
-                not_before: now - CLOCK_SKEW_ALLOWANCE,
-                not_after: now + want.duration,
-            })
-            .expect("the test CA issues");
+        let leaf = auth.signer.issue(&want.leaf_request("shop", now)).expect("the test CA issues");
         let renewal_time = renewal_of(&leaf.facts, want.renew_before);
         let cur = Current {
             tls_crt: leaf.cert_chain_pem,
