@@ -27,13 +27,16 @@ repo=$(dirname "$here")
 dir=${MTLS_E2E_DIR:-$repo/target/e2e-cluster}
 # A running cluster remembers its ports, so fault tests can stop and start its parts knowing only
 # its directory.
-if [ "${1:-}" != up ] && [ -f "$dir/ports.env" ]; then
-  # shellcheck disable=SC1091
-  . "$dir/ports.env"
+# `up` of a cluster that already runs keeps its ports unless they are given.
+saved_api="" saved_etcd=""
+if [ -f "$dir/ports.env" ]; then
+  saved_api=$(sed -n 's/^MTLS_E2E_API_PORT=//p' "$dir/ports.env")
+  saved_etcd=$(sed -n 's/^MTLS_E2E_ETCD_PORT=//p' "$dir/ports.env")
+  if [ "${1:-}" != up ]; then MTLS_E2E_API_PORT=$saved_api MTLS_E2E_ETCD_PORT=$saved_etcd; fi
 fi
-etcd_port=${MTLS_E2E_ETCD_PORT:-23790}
+etcd_port=${MTLS_E2E_ETCD_PORT:-${saved_etcd:-23790}}
 etcd_peer_port=$((etcd_port + 10))
-api_port=${MTLS_E2E_API_PORT:-16443}
+api_port=${MTLS_E2E_API_PORT:-${saved_api:-16443}}
 server="https://127.0.0.1:$api_port"
 # The namespace and the node address inside it. Two clusters (two directories) get two namespaces;
 # addresses inside different namespaces do not collide, only the host-side forwarder port must differ.
@@ -107,7 +110,7 @@ contexts:
   context: {cluster: mtls-e2e, user: $name}
 current-context: mtls-e2e
 KC
-  mv "$file.tmp" "$file"
+  if cmp -s "$file.tmp" "$file"; then rm -f "$file.tmp"; else mv "$file.tmp" "$file"; fi
 }
 
 # The host's state that creating a namespace changes: `ip netns add` turns /run/netns into a
@@ -203,9 +206,9 @@ start_controller_manager() {
   pid_alive kube-controller-manager && return 0
   # Beyond what the API tests need (garbage collection, namespaces, ServiceAccounts): what a node's
   # workloads need (Deployments, Services' endpoints, the kube-root-ca.crt ConfigMap that
-  # ServiceAccount token volumes project, PodDisruptionBudgets).
+  # ServiceAccount token volumes project, PodDisruptionBudgets, the node's not-ready taint).
   "${in_ns[@]}" "$bin/kube-controller-manager" --kubeconfig "$dir/kubeconfig" \
-    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,root-ca-certificate-publisher-controller,disruption-controller,pod-garbage-collector-controller \
+    --controllers garbage-collector-controller,namespace-controller,serviceaccount-controller,serviceaccount-token-controller,deployment-controller,replicaset-controller,endpoints-controller,endpointslice-controller,root-ca-certificate-publisher-controller,disruption-controller,pod-garbage-collector-controller,node-lifecycle-controller \
     --service-account-private-key-file "$dir/pki/sa.key" --root-ca-file "$dir/pki/ca.crt" \
     --leader-elect=false --secure-port 0 --concurrent-gc-syncs 20 --v=0 \
     > "$dir/kube-controller-manager.log" 2>&1 &
