@@ -306,12 +306,13 @@ node_down() {
   stop_one kube-scheduler
   stop_one kube-proxy
   stop_one kubelet
-  local netnses=()
+  local netnses=() ids=""
   if pid_alive containerd; then
     # No CRI client here (no crictl in Debian 12): tear the containers down with ctr, and note
     # the pods' network namespaces (bind mounts under /run/netns) from the sandboxes' specs.
     local id
-    for id in $(ctrx containers ls -q 2>/dev/null); do
+    ids=$(ctrx containers ls -q 2>/dev/null || true)
+    for id in $ids; do
       local path
       path=$(ctrx containers info "$id" 2>/dev/null | python3 -c 'import json,sys
 spec = json.load(sys.stdin).get("Spec") or {}
@@ -370,8 +371,10 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
   if [ -d /var/log/containers ]; then
     find /var/log/containers -maxdepth 1 -type l -lname "$nd/*" -delete 2>/dev/null || true
   fi
+  # CNI's result cache: <network>-<sandbox id>-<interface>, for our network and the loopback.
   if [ -d /var/lib/cni/results ]; then
     find /var/lib/cni/results -maxdepth 1 -name "$ns-*" -delete 2>/dev/null || true
+    for id in $ids; do rm -f /var/lib/cni/results/*-"$id"-*; done
   fi
   if [ -d /run/containerd/s ]; then
     # Sockets of shims that are gone (a live shim keeps its socket open).
