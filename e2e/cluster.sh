@@ -40,7 +40,10 @@ api_port=${MTLS_E2E_API_PORT:-${saved_api:-16443}}
 server="https://127.0.0.1:$api_port"
 # The namespace and the node address inside it. Two clusters (two directories) get two namespaces;
 # addresses inside different namespaces do not collide, only the host-side forwarder port must differ.
+# MTLS_E2E_NETNS names it; MTLS_E2E_NETNS=host (and running as non-root) keeps the control plane
+# in the host's namespace on loopback, as before namespaces, with no node possible.
 ns=${MTLS_E2E_NETNS:-mtls-$(printf '%s' "$dir" | sha256sum | cut -c1-10)}
+if [ "$(id -u)" != 0 ]; then ns=host; fi
 node_ip=10.88.0.1
 node_name=mtls-e2e-node
 pod_subnet=10.88.0.0/24
@@ -50,6 +53,8 @@ bridge=mtlsbr0
 # the host's, so kubelet's and containerd's mounts are visible to each other and to `down`).
 # (in_ns for processes started in the background, so that $! is the process itself.)
 in_ns=(nsenter "--net=/run/netns/$ns")
+bind_ip=0.0.0.0 advertise_ip=$node_ip
+if [ "$ns" = host ]; then in_ns=(env) bind_ip=127.0.0.1 advertise_ip=127.0.0.1; fi
 nsx() { "${in_ns[@]}" "$@"; }
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
@@ -117,6 +122,7 @@ KC
 # shared bind mount of itself the first time. Recorded once, restored by `down` when no other
 # namespace is left there.
 netns_up() {
+  [ "$ns" = host ] && return 0
   mkdir -p "$dir/host"
   if [ ! -f "$dir/host/run-netns" ]; then
     local was=absent
@@ -136,6 +142,7 @@ netns_up() {
 }
 
 netns_down() {
+  [ "$ns" = host ] && return 0
   if [ -e "/run/netns/$ns" ]; then ip netns delete "$ns"; fi
   local was; was=$(cat "$dir/host/run-netns" 2>/dev/null || echo mount)
   if [ "$was" != mount ] && [ -d /run/netns ] && [ -z "$(ls -A /run/netns)" ]; then
@@ -152,6 +159,7 @@ for p in /lib/systemd/systemd-socket-proxyd /usr/lib/systemd/systemd-socket-prox
   if [ -x "$p" ] && command -v systemd-socket-activate >/dev/null 2>&1; then proxyd=$p; break; fi
 done
 start_forwarder() {
+  [ "$ns" = host ] && return 0
   pid_alive forwarder && return 0
   if [ -n "$proxyd" ] && [ "${MTLS_E2E_FORWARDER:-}" != socat ]; then
     # splice() takes a pipe pair per direction: 6 descriptors per connection.
@@ -190,7 +198,7 @@ start_apiserver() {
   "${in_ns[@]}" "$bin/kube-apiserver" \
     --etcd-servers "http://127.0.0.1:$etcd_port" \
     --cert-dir "$dir/apiserver-certs" --tls-cert-file "$p/apiserver.crt" --tls-private-key-file "$p/apiserver.key" \
-    --secure-port "$api_port" --bind-address 0.0.0.0 --advertise-address "$node_ip" \
+    --secure-port "$api_port" --bind-address "$bind_ip" --advertise-address "$advertise_ip" \
     --service-cluster-ip-range 10.0.0.0/24 --authorization-mode RBAC --authorization-mode Node \
     --enable-admission-plugins NodeRestriction --client-ca-file "$p/ca.crt" \
     --kubelet-client-certificate "$p/apiserver-kubelet-client.crt" --kubelet-client-key "$p/apiserver-kubelet-client.key" \
@@ -237,6 +245,23 @@ stop_one() { # name
   rm -f "$dir/$1.pid"
 }
 
+# Stops several at once (each may take a second or two to shut down gracefully).
+stop_many() { # name...
+  local n pids=()
+  for n in "$@"; do
+    if pid_alive "$n"; then pids+=("$(cat "$dir/$n.pid")"); fi
+  done
+  if [ ${#pids[@]} -gt 0 ]; then
+    kill "${pids[@]}" 2>/dev/null || true
+    local p
+    for p in "${pids[@]}"; do
+      for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$p" 2>/dev/null || true
+    done
+  fi
+  for n in "$@"; do rm -f "$dir/$n.pid"; done
+}
+
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 up() {
@@ -267,11 +292,7 @@ up() {
 
 down() {
   if [ -d "$dir/node" ]; then "$here/node.sh" down; fi
-  stop_one operator
-  stop_one kube-controller-manager
-  stop_one kube-apiserver
-  stop_one etcd
-  stop_one forwarder
+  stop_many operator kube-controller-manager kube-apiserver etcd forwarder
   netns_down
   rm -rf "$dir"
   log "control plane stopped"
@@ -286,8 +307,10 @@ case "${1:-}" in
   status) [ "$(curl_api /readyz 2>/dev/null)" = "ok" ] ;;
   env)
     echo "export KUBECONFIG=$dir/kubeconfig PATH=$("$here/build-k8s.sh"):\$PATH"
-    echo "# kubectl on the host reaches the API server at $server (a forwarder into network namespace $ns)."
-    echo "# Pod IPs ($pod_subnet) are reachable only inside it: sudo nsenter --net=/run/netns/$ns <command>"
+    if [ "$ns" != host ]; then
+      echo "# kubectl on the host reaches the API server at $server (a forwarder into network namespace $ns)."
+      echo "# Pod IPs ($pod_subnet) are reachable only inside it: e2e/node.sh exec <command> (nsenter --net=/run/netns/$ns)"
+    fi
     ;;
   stop-apiserver) stop_one kube-apiserver; stop_one etcd ;;
   start-apiserver) bin=$("$here/build-k8s.sh"); start_forwarder; start_etcd; start_apiserver; wait_ready 120 ;;

@@ -271,6 +271,7 @@ node_ready() {
 
 node_up() {
   local start=$SECONDS
+  if [ "$ns" = host ]; then nlog "a node needs root and the cluster's own network namespace (MTLS_E2E_NETNS is host)"; return 1; fi
   install_packages
   bin=$("$here/build-k8s.sh" node)
   "$here/cluster.sh" up
@@ -303,9 +304,7 @@ mounts_under() {
 
 node_down() {
   local start=$SECONDS
-  stop_one kube-scheduler
-  stop_one kube-proxy
-  stop_one kubelet
+  stop_many kube-scheduler kube-proxy kubelet
   local netnses=() ids=""
   if pid_alive containerd; then
     # No CRI client here (no crictl in Debian 12): tear the containers down with ctr, and note
