@@ -46,7 +46,8 @@ snapshot() { # dir
   for d in /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /etc/cni /run/containerd /var/lib/containerd /run/netns /etc/kubernetes; do
     if [ -e "$d" ]; then find "$d" | sort; fi
   done > "$s/dirs"
-  # Processes: in a container (another root), in another network namespace, or ours by name.
+  # Processes: in a container (another root), in another network namespace, or naming the
+  # cluster's directory (not other clusters' processes, which come and go on their own).
   local me; me=$(readlink /proc/self/ns/net)
   for p in /proc/[0-9]*; do
     local pid=${p#/proc/}
@@ -55,8 +56,7 @@ snapshot() { # dir
     netns=$(readlink "$p/ns/net" 2>/dev/null) || continue
     root=$(readlink "$p/root" 2>/dev/null) || continue
     cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | cut -c1-150)
-    if [ "$netns" != "$me" ] || [ "$root" != / ] ||
-       [[ "$cmd" =~ (containerd|kubelet|kube-proxy|kube-scheduler|kube-apiserver|kube-controller|etcd|socket-proxyd|socat|pause|busybox|runc) ]]; then
+    if [ "$netns" != "$me" ] || [ "$root" != / ] || [[ "$cmd" == *"$MTLS_E2E_DIR"* ]]; then
       echo "$pid $cmd"
     fi
   done | sort > "$s/procs"

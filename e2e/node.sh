@@ -269,8 +269,10 @@ node_ready() {
   [ "$(kctl get node "$node_name" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.spec.taints}' 2>/dev/null)" = "True " ]
 }
 
+elapsed() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$EPOCHREALTIME"; }
+
 node_up() {
-  local start=$SECONDS
+  local start=$EPOCHREALTIME
   if [ "$ns" = host ]; then nlog "a node needs root and the cluster's own network namespace (MTLS_E2E_NETNS is host)"; return 1; fi
   install_packages
   bin=$("$here/build-k8s.sh" node)
@@ -282,7 +284,7 @@ node_up() {
   start_containerd
   import_images "$images/pause.oci.tar" "$images/busybox.oci.tar"
   ctrx images label "$pause_image" io.cri-containerd.pinned=pinned >/dev/null
-  local t_kubelet=$SECONDS
+  local t_kubelet=$EPOCHREALTIME
   start_kubelet
   start_kube_proxy
   start_scheduler
@@ -294,7 +296,7 @@ node_up() {
     done
     sleep 0.2
   done
-  nlog "node $node_name Ready $((SECONDS - t_kubelet)) s after kubelet started; node up in $((SECONDS - start)) s (network namespace $ns, pods in $pod_subnet)"
+  nlog "node $node_name Ready $(elapsed "$t_kubelet") s after kubelet started; node up in $(elapsed "$start") s (network namespace $ns, pods in $pod_subnet)"
 }
 
 # Every mount whose mount point is under $1, deepest first.
@@ -303,7 +305,7 @@ mounts_under() {
 }
 
 node_down() {
-  local start=$SECONDS
+  local start=$EPOCHREALTIME
   stop_many kube-scheduler kube-proxy kubelet
   local netnses=() ids=""
   if pid_alive containerd; then
@@ -392,7 +394,7 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
   done
   rm -rf "$nd"
   rm -f "$dir/containerd.pid" "$dir/kubelet.pid" "$dir/kube-proxy.pid" "$dir/kube-scheduler.pid"
-  nlog "node down in $((SECONDS - start)) s"
+  nlog "node down in $(elapsed "$start") s"
 }
 
 case "${1:-}" in
