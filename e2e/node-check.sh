@@ -27,12 +27,22 @@ if "$here/cluster.sh" status 2>/dev/null; then
   fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down), the check needs the host without it"
 fi
 
+# This cluster's network namespace (named as cluster.sh names it); other clusters' namespaces (a
+# test suite or a soak running beside this check) come and go on their own and are not counted.
+own_ns=${MTLS_E2E_NETNS:-mtls-$(printf '%s' "$MTLS_E2E_DIR" | sha256sum | cut -c1-10)}
+others() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mtls-[0-9a-f]{10}$' | grep -vx "$own_ns" || true; }
+# Lines naming another cluster's namespace are dropped; this cluster's stay.
+drop_others() {
+  local o; o=$(others | paste -sd'|')
+  if [ -n "$o" ]; then grep -Ev "(^|/)($o)\b" || true; else cat; fi
+}
+
 # The host, as seen from its own namespaces. Volatile sysctls (counters, random) are left out.
 snapshot() { # dir
   local s=$1
   mkdir -p "$s"
-  awk '{print $5}' /proc/self/mountinfo | sort > "$s/mounts"
-  ip netns list 2>/dev/null | awk '{print $1}' | sort > "$s/netns"
+  awk '{print $5}' /proc/self/mountinfo | drop_others | sort > "$s/mounts"
+  ip netns list 2>/dev/null | awk '{print $1}' | drop_others | sort > "$s/netns"
   ip -o link show | awk -F': ' '{print $2}' | sort > "$s/links"
   ip -o addr show | awk '{print $2, $3, $4}' | sort > "$s/addrs"
   ip route show table all | sort > "$s/routes"
@@ -45,7 +55,7 @@ snapshot() { # dir
   find /sys/fs/cgroup -mindepth 2 -maxdepth 3 -type d 2>/dev/null | sort > "$s/cgroups"
   for d in /var/lib/kubelet /var/log/containers /var/log/pods /var/lib/cni /etc/cni /run/containerd /var/lib/containerd /run/netns /etc/kubernetes; do
     if [ -e "$d" ]; then find "$d" | sort; fi
-  done > "$s/dirs"
+  done | drop_others > "$s/dirs"
   # Processes: in a container (another root), in another network namespace, or naming the
   # cluster's directory (not other clusters' processes, which come and go on their own).
   local me; me=$(readlink /proc/self/ns/net)
@@ -57,6 +67,9 @@ snapshot() { # dir
     root=$(readlink "$p/root" 2>/dev/null) || continue
     cmd=$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null | cut -c1-150)
     if [ "$netns" != "$me" ] || [ "$root" != / ] || [[ "$cmd" == *"$MTLS_E2E_DIR"* ]]; then
+      # In another cluster's namespace: that cluster's, not this one's.
+      local in; in=$(ip netns identify "$pid" 2>/dev/null || true)
+      if [ -n "$in" ] && [ "$in" != "$own_ns" ] && [[ "$in" == mtls-* ]]; then continue; fi
       echo "$pid $cmd"
     fi
   done | sort > "$s/procs"
