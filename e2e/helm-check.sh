@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The chart installed for real (issue 17, part 4 — a check script, not yet part of e2e/test.sh):
+# brings up the control plane and a real node (e2e/node.sh), builds the operator's image without
+# Docker and imports it (e2e/image.sh import), then `helm install` with only the image values
+# pointed at the local image, and checks, with the operator running in pods:
+#   - both replicas Running and Ready through the chart's own probes, one holding the Lease;
+#   - an identity is issued, and a pod mounting its Secret and the bundle ConfigMap (whole volumes)
+#     sees tls.crt, tls.key, ca.crt and the bundle;
+#   - the leader pod deleted: a replica leads again within the Lease duration, nothing is lost
+#     (the Secret keeps its serial) and a new identity is issued;
+#   - `helm upgrade` with a changed value rolls the pods and re-issues nothing;
+#   - `helm uninstall` keeps the CA Secrets (and the authority, resource-policy keep).
+# Then takes everything down. Uses MTLS_E2E_DIR / MTLS_E2E_API_PORT / MTLS_E2E_ETCD_PORT like
+# cluster.sh (the cluster of that directory must not be running). Exits non-zero on the first failure.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(dirname "$here")
+cd "$repo"
+export MTLS_E2E_DIR=${MTLS_E2E_DIR:-$repo/target/e2e-cluster}
+export PATH="$("$here/build-k8s.sh"):$("$here/build-helm.sh"):$PATH"
+export KUBECONFIG="$MTLS_E2E_DIR/kubeconfig"
+log() { printf '[helm-check] %s\n' "$*" >&2; }
+fail() { log "FAIL: $*"; exit 1; }
+passed=0
+ok() { log "ok: $*"; passed=$((passed + 1)); }
+now() { date +%s.%N; }
+since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
+# Polls `$@` every 0.2 s for up to $timeout seconds.
+until_true() { # timeout command...
+  local deadline=$(($(date +%s) + $1)); shift
+  until "$@"; do [ "$(date +%s)" -lt "$deadline" ] || return 1; sleep 0.2; done
+}
+
+if "$here/cluster.sh" status 2>/dev/null; then
+  fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down)"
+fi
+finish() {
+  local rc=$?
+  if [ "${MTLS_E2E_KEEP:-}" != 1 ]; then
+    "$here/node.sh" down >/dev/null 2>&1 || true
+    "$here/cluster.sh" down >/dev/null 2>&1 || true
+  fi
+  [ $rc = 0 ] && log "$passed passed, 0 failed" || log "failed after $passed passed"
+}
+trap finish EXIT
+
+"$here/node.sh" up
+"$here/image.sh" import >/dev/null
+version=$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)
+ns=mtls-system
+image=(--set image.repository=localhost/mtls-operator --set "image.tag=$version" --set image.pullPolicy=Never)
+
+t=$(now)
+helm install mtls-operator charts/mtls-operator -n "$ns" --create-namespace "${image[@]}" --wait --timeout 180s >/dev/null ||
+  { kubectl get pods -n "$ns" -o wide >&2; fail "helm install did not become ready"; }
+pods=$(kubectl get pods -n "$ns" -l app.kubernetes.io/name=mtls-operator --field-selector=status.phase=Running -o name | wc -l)
+[ "$pods" = 2 ] || fail "expected 2 operator pods Running, found $pods"
+holder() { kubectl get lease -n "$ns" mtls-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
+until_true 30 test -n "$(holder)" || fail "no replica holds the Lease"
+leader=$(holder)
+ok "helm install: 2 replicas Running and Ready in $(since "$t") s; $leader leads"
+
+kubectl create namespace shop >/dev/null
+identity() { printf 'apiVersion: mtls.io/v1alpha1\nkind: MtlsIdentity\nmetadata: {name: %s, namespace: shop}\nspec: {authorityRef: default}\n' "$1" | kubectl apply -f - >/dev/null; }
+ready() { [ "$(kubectl get mtlsid -n shop "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; }
+serial() { kubectl get mtlsid -n shop "$1" -o jsonpath='{.status.serialNumber}'; }
+until_true 60 kubectl get mtlsauthority default >/dev/null 2>&1 || fail "the chart's authority does not exist"
+t=$(now)
+identity web
+until_true 30 ready web || fail "identity web not Ready: $(kubectl get mtlsid -n shop web -o yaml)"
+ok "identity issued by the operator pods in $(since "$t") s"
+web_serial=$(serial web)
+
+for _ in $(seq 100); do kubectl -n shop get serviceaccount default >/dev/null 2>&1 && break; sleep 0.1; done
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Pod
+metadata: {name: reader, namespace: shop}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/mtls-e2e/busybox:1.35
+    imagePullPolicy: Never
+    command: ["sh", "-c", "ls /certs /bundle && grep -c 'BEGIN CERTIFICATE' /bundle/ca.crt && sleep 3600"]
+    volumeMounts:
+    - {name: certs, mountPath: /certs, readOnly: true}
+    - {name: bundle, mountPath: /bundle, readOnly: true}
+  volumes:
+  - {name: certs, secret: {secretName: web-mtls}}
+  - {name: bundle, configMap: {name: mtls-trust-bundle}}
+YAML
+kubectl wait --for=condition=Ready pod/reader -n shop --timeout=60s >/dev/null || fail "the reader pod is not Ready"
+files=$(kubectl logs -n shop reader | tr '\n' ' ')
+for f in tls.crt tls.key ca.crt version; do [[ " $files " == *" $f "* ]] || fail "the pod does not see $f: $files"; done
+ok "a pod mounting the Secret and the bundle ConfigMap sees: $files"
+
+# Leader failover: the leader pod deleted; a replica leads again and issues.
+duration=$(kubectl get lease -n "$ns" mtls-operator -o jsonpath='{.spec.leaseDurationSeconds}')
+t=$(now)
+kubectl delete pod -n "$ns" "$leader" --wait=false >/dev/null
+new_leader() { local h; h=$(holder); [ -n "$h" ] && [ "$h" != "$leader" ]; }
+until_true $((duration + 10)) new_leader || fail "no new leader within the lease duration ($duration s)"
+took=$(since "$t")
+identity api
+until_true 30 ready api || fail "identity api not issued after the failover"
+[ "$(serial web)" = "$web_serial" ] || fail "the failover re-issued web"
+ok "leader pod deleted: $(holder) leads after $took s (lease duration $duration s); web kept serial, api issued"
+
+# An upgrade with a changed value rolls the pods and re-issues nothing.
+serials_before=$(kubectl get mtlsid -n shop -o jsonpath='{range .items[*]}{.metadata.name}={.status.serialNumber} {end}')
+t=$(now)
+helm upgrade mtls-operator charts/mtls-operator -n "$ns" "${image[@]}" --set operator.logFormat=text --wait --timeout 180s >/dev/null ||
+  fail "helm upgrade did not become ready"
+kubectl rollout status deployment/mtls-operator -n "$ns" --timeout=120s >/dev/null || fail "the rollout did not finish"
+until_true 30 test -n "$(holder)" || fail "no leader after the upgrade"
+sleep 3
+serials_after=$(kubectl get mtlsid -n shop -o jsonpath='{range .items[*]}{.metadata.name}={.status.serialNumber} {end}')
+[ "$serials_before" = "$serials_after" ] || fail "the upgrade re-issued: $serials_before -> $serials_after"
+ok "helm upgrade (logFormat changed) rolled the pods in $(since "$t") s and re-issued nothing"
+
+# Uninstall keeps the CA Secrets.
+cas_before=$(kubectl get secret -n "$ns" -l mtls.io/authority=default -o name | sort)
+[ -n "$cas_before" ] || fail "no CA Secret for the authority default"
+helm uninstall mtls-operator -n "$ns" --wait >/dev/null
+cas_after=$(kubectl get secret -n "$ns" -l mtls.io/authority=default -o name | sort)
+[ "$cas_before" = "$cas_after" ] || fail "helm uninstall removed CA Secrets: $cas_before -> $cas_after"
+kubectl get mtlsauthority default >/dev/null || fail "helm uninstall removed the authority"
+ok "helm uninstall kept the CA Secrets ($(echo "$cas_after" | wc -l)) and the authority"
