@@ -5,7 +5,7 @@
 # pointed at the local image, and checks, with the operator running in pods:
 #   - both replicas Running and Ready through the chart's own probes, one holding the Lease;
 #   - an identity is issued, and a pod mounting its Secret and the bundle ConfigMap (whole volumes)
-#     sees tls.crt, tls.key, ca.crt and the bundle;
+#     sees tls.crt, tls.key, ca.crt and the bundle; the leader's /metrics, scraped from its pod;
 #   - the leader pod deleted: a replica leads again within the Lease duration, nothing is lost
 #     (the Secret keeps its serial) and a new identity is issued;
 #   - `helm upgrade` with a changed value rolls the pods and re-issues nothing;
@@ -70,6 +70,14 @@ identity web
 until_true 30 ready web || fail "identity web not Ready: $(kubectl get mtlsid -n shop web -o yaml)"
 ok "identity issued by the operator pods in $(since "$t") s"
 web_serial=$(serial web)
+
+# /metrics of the leading pod, through the API server's pod proxy (the API server shares the pods'
+# network namespace): up, and the issuance counted.
+metrics=$(kubectl get --raw "/api/v1/namespaces/$ns/pods/$leader:8080/proxy/metrics") || fail "no /metrics from $leader"
+grep -qx 'mtls_operator_up 1' <<<"$metrics" || fail "the leader's /metrics does not say up 1"
+issued=$(awk '/^mtls_operator_issuances_total[{ ]/ {n += $NF} END {print n + 0}' <<<"$metrics")
+[ "$issued" -ge 1 ] || fail "the leader's /metrics counts no issuance"
+ok "/metrics scraped from the leading pod: mtls_operator_up 1, $issued issuance(s) counted, $(wc -l <<<"$metrics") lines"
 
 for _ in $(seq 100); do kubectl -n shop get serviceaccount default >/dev/null 2>&1 && break; sleep 0.1; done
 kubectl apply -f - >/dev/null <<'YAML'
