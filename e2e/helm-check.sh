@@ -19,17 +19,9 @@ cd "$repo"
 export MTLS_E2E_DIR=${MTLS_E2E_DIR:-$repo/target/e2e-cluster}
 export PATH="$("$here/build-k8s.sh"):$("$here/build-helm.sh"):$PATH"
 export KUBECONFIG="$MTLS_E2E_DIR/kubeconfig"
-log() { printf '[helm-check] %s\n' "$*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
-passed=0
-ok() { log "ok: $*"; passed=$((passed + 1)); }
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-# Polls `$@` every 0.2 s for up to $timeout seconds.
-until_true() { # timeout command...
-  local deadline=$(($(date +%s) + $1)); shift
-  until "$@"; do [ "$(date +%s)" -lt "$deadline" ] || return 1; sleep 0.2; done
-}
+check_name=helm-check
+# shellcheck source=e2e/checks.sh
+. "$here/checks.sh"
 
 if "$here/cluster.sh" status 2>/dev/null; then
   fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down)"
@@ -79,7 +71,7 @@ issued=$(awk '/^mtls_operator_issuances_total[{ ]/ {n += $NF} END {print n + 0}'
 [ "$issued" -ge 1 ] || fail "the leader's /metrics counts no issuance"
 ok "/metrics scraped from the leading pod: mtls_operator_up 1, $issued issuance(s) counted, $(wc -l <<<"$metrics") lines"
 
-for _ in $(seq 100); do kubectl -n shop get serviceaccount default >/dev/null 2>&1 && break; sleep 0.1; done
+wait_default_serviceaccount shop
 kubectl apply -f - >/dev/null <<'YAML'
 apiVersion: v1
 kind: Pod

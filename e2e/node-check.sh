@@ -16,12 +16,9 @@ repo=$(dirname "$here")
 export MTLS_E2E_DIR=${MTLS_E2E_DIR:-$repo/target/e2e-cluster}
 bin=$("$here/build-k8s.sh")
 kctl() { KUBECONFIG="$MTLS_E2E_DIR/kubeconfig" "$bin/kubectl" "$@"; }
-log() { printf '[node-check] %s\n' "$*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
-now() { date +%s.%N; }
-since() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$1" "$(now)"; }
-passed=0
-ok() { log "ok: $*"; passed=$((passed + 1)); }
+check_name=node-check
+# shellcheck source=e2e/checks.sh
+. "$here/checks.sh"
 
 if "$here/cluster.sh" status 2>/dev/null; then
   fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down), the check needs the host without it"
@@ -29,7 +26,7 @@ fi
 
 # This cluster's network namespace (named as cluster.sh names it); other clusters' namespaces (a
 # test suite or a soak running beside this check) come and go on their own and are not counted.
-own_ns=${MTLS_E2E_NETNS:-mtls-$(printf '%s' "$MTLS_E2E_DIR" | sha256sum | cut -c1-10)}
+own_ns=$(MTLS_E2E_CLUSTER_LIB=1; . "$here/cluster.sh" lib; echo "$ns")
 others() { ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mtls-[0-9a-f]{10}$' | grep -vx "$own_ns" || true; }
 # Lines naming another cluster's namespace are dropped; this cluster's stay.
 drop_others() {
@@ -113,7 +110,7 @@ ok "node up in ${up_s} s; second up (idempotent) in ${again_s} s"
 ns=test-node
 kctl create namespace "$ns" >/dev/null
 # The default ServiceAccount (ServiceAccount admission needs it) appears through the controller manager.
-for _ in $(seq 100); do kctl -n "$ns" get serviceaccount default >/dev/null 2>&1 && break; sleep 0.1; done
+PATH="$bin:$PATH" wait_default_serviceaccount "$ns"
 t=$(now)
 kctl -n "$ns" apply -f - >/dev/null <<'YAML'
 apiVersion: v1
