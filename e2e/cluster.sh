@@ -235,18 +235,9 @@ wait_ready() {
   done
 }
 
-stop_one() { # name
-  if pid_alive "$1"; then
-    local pid; pid=$(cat "$dir/$1.pid")
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  fi
-  rm -f "$dir/$1.pid"
-}
-
-# Stops several at once (each may take a second or two to shut down gracefully).
-stop_many() { # name...
+# Stops the named processes (SIGTERM, SIGKILL after 5 s), several at once: each may take a second
+# or two to shut down gracefully.
+stop() { # name...
   local n pids=()
   for n in "$@"; do
     if pid_alive "$n"; then pids+=("$(cat "$dir/$n.pid")"); fi
@@ -292,7 +283,7 @@ up() {
 
 down() {
   if [ -d "$dir/node" ]; then "$here/node.sh" down; fi
-  stop_many operator kube-controller-manager kube-apiserver etcd forwarder
+  stop operator kube-controller-manager kube-apiserver etcd forwarder
   netns_down
   rm -rf "$dir"
   log "control plane stopped"
@@ -312,9 +303,9 @@ case "${1:-}" in
       echo "# Pod IPs ($pod_subnet) are reachable only inside it: e2e/node.sh exec <command> (nsenter --net=/run/netns/$ns)"
     fi
     ;;
-  stop-apiserver) stop_one kube-apiserver; stop_one etcd ;;
+  stop-apiserver) stop kube-apiserver; stop etcd ;;
   start-apiserver) bin=$("$here/build-k8s.sh"); start_forwarder; start_etcd; start_apiserver; wait_ready 120 ;;
-  stop-etcd) stop_one etcd ;;
+  stop-etcd) stop etcd ;;
   start-etcd) bin=$("$here/build-k8s.sh"); start_forwarder; start_etcd; wait_ready 120 ;;
   *) echo "usage: $0 up|down|status|env|stop-apiserver|start-apiserver|stop-etcd|start-etcd" >&2; exit 2 ;;
 esac

@@ -306,7 +306,7 @@ mounts_under() {
 
 node_down() {
   local start=$EPOCHREALTIME
-  stop_many kube-scheduler kube-proxy kubelet
+  stop kube-scheduler kube-proxy kubelet
   local netnses=() ids=""
   if pid_alive containerd; then
     # No CRI client here (no crictl in Debian 12): tear the containers down with ctr, and note
@@ -331,7 +331,7 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
       ctrx containers delete "$id" >/dev/null 2>&1 || true
     done
   fi
-  stop_one containerd
+  stop containerd
   # Shims (started by our containerd, named by its socket) that outlived it.
   local pids
   pids=$(pgrep -f -- "-address $sock( |$)" || true)
