@@ -90,6 +90,7 @@ cached() {
 }
 now() { date +%s.%N; }
 el() { echo "$(now) - $t1" | bc; } # seconds since the round's writes were served
+spread() { sort -n | awk '{v[NR]=$1} END {if (NR) printf "min %.1f s, median %.1f s, max %.1f s", v[1], v[int((NR+1)/2)], v[NR]}'; }
 
 summary=()
 total_failed=0
@@ -117,10 +118,10 @@ for d in "${durations[@]}"; do
     api_lag=$(echo "$t1 - $t0" | bc)
     took="" t_ready="-" t_a="-" t_b="-" t_cache="-"
     while :; do
-      # Each milestone is stamped when its check has passed (the checks take a moment each).
-      # Milestones, to tell which part is slow: the operator ready, the deleted Secrets back, the
-      # new identities issued, and the API server's watch cache showing the new identities (a
-      # list at resourceVersion=0 is served from that cache: what every watch sees).
+      # Milestones, to tell which part is slow, each stamped when its check has passed: the
+      # operator ready, the deleted Secrets back, the new identities issued, and the API server's
+      # watch cache showing the new identities (a list at resourceVersion=0 is served from that
+      # cache: what every watch sees).
       [ "$t_ready" = - ] && opready && t_ready=$(el)
       [ "$t_a" = - ] && [ "$(issued "$a")" = 20 ] && t_a=$(el)
       [ "$t_b" = - ] && [ "$(issued "$b")" = 10 ] && t_b=$(el)
@@ -143,7 +144,6 @@ for d in "${durations[@]}"; do
     fi
     kubectl delete namespace "$a" "$b" --wait=false >/dev/null
   done
-  spread() { sort -n | awk '{v[NR]=$1} END {if (NR) printf "min %.1f s, median %.1f s, max %.1f s", v[1], v[int((NR+1)/2)], v[NR]}'; }
   stats="operator $(printf '%s\n' "${times[@]}" | spread); the API server's own lag after /readyz $(printf '%s\n' "${lags[@]}" | spread)"
   total_failed=$((total_failed + failed))
   summary+=("$stop down ${d} s: $((rounds - failed))/$rounds within ${bound} s; $stats")

@@ -419,7 +419,6 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
 
     // Observe and step the rotation machine.
     let (obs, auto_before) = observe(&auth, &state, &signer, &cas, supplied.as_ref(), &report, now);
-    let propagation_delay = obs.propagation_delay;
     if state.wants_to_start(&obs) {
         // Mint (create-only) before persisting the start: a crash in between finds this same
         // generation again next time instead of minting another.
@@ -448,7 +447,7 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
 
     announce(&ctx, &auth, transition.as_ref(), &next, state.from, new_version.then_some(&bundle), &missing).await;
 
-    let requeue = next_look(transition.is_some(), &next, &report, &signer, auto_before, propagation_delay, now);
+    let requeue = next_look(transition.is_some(), &next, &report, &signer, auto_before, obs.propagation_delay, now);
     Ok(Action::requeue(requeue))
 }
 
