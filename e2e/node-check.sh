@@ -2,8 +2,9 @@
 # Checks the real node end to end: brings it up (e2e/node.sh up, twice: idempotent), runs two pods
 # from the local busybox image (scheduled by kube-scheduler, addresses from CNI), checks their
 # pod IPs, pod-to-pod TCP, a pod reaching the API server through the `kubernetes` Service
-# (kube-proxy), logs and exec through kubelet, an API server restart behind the host forwarder,
-# and, with MTLS_E2E_OPERATOR_IMAGE=ARCHIVE (e2e/image.sh), the operator's image from
+# (kube-proxy) and resolving its name through the cluster DNS (CoreDNS), logs and exec through
+# kubelet, an API server restart behind the host forwarder, and, with
+# MTLS_E2E_OPERATOR_IMAGE=ARCHIVE (e2e/image.sh), the operator's image from
 # manifests/install.yaml: two pods going Ready through their /readyz probes. Then takes everything
 # down (e2e/cluster.sh down) and checks that nothing is left on the host: processes, mounts,
 # network namespaces, network interfaces, iptables rules, sysctls, cgroups, directories.
@@ -157,6 +158,10 @@ spec:
       done
       # The API server through the kubernetes Service (kube-proxy's DNAT to the advertised address).
       nc -w 2 \$KUBERNETES_SERVICE_HOST \$KUBERNETES_SERVICE_PORT < /dev/null && echo "kubernetes-service-open"
+      # The cluster DNS (node.sh's CoreDNS behind the kube-dns Service): the kubernetes Service by name.
+      nslookup kubernetes.default.svc.cluster.local | grep -q "^Address: *\$KUBERNETES_SERVICE_HOST\$" && echo "kubernetes-service-resolved"
+      # A name outside the cluster: refused (the cluster DNS forwards nothing).
+      nslookup example.com 2>&1 | grep -q "can't find example.com: REFUSED" && echo "outside-name-refused"
 YAML
 kctl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded pod/client --timeout=60s >/dev/null || {
   kctl -n "$ns" describe pod client >&2; kctl -n "$ns" logs client >&2 || true; fail "client pod did not succeed"; }
@@ -167,7 +172,9 @@ echo "$out" | sed 's/^/  client: /' >&2
 [ -n "$client_ip" ] && [ "$client_ip" != "$server_ip" ] || fail "client pod IP '$client_ip' (server $server_ip)"
 echo "$out" | grep -qx "hello-from-server" || fail "the client did not reach the server over its pod IP"
 echo "$out" | grep -qx "kubernetes-service-open" || fail "the client did not reach the API server through the kubernetes Service"
-ok "client pod ($client_ip) fetched from the server pod ($server_ip) over TCP and reached the kubernetes Service; created to Succeeded in ${client_s} s; kubectl logs works"
+echo "$out" | grep -qx "kubernetes-service-resolved" || fail "the client did not resolve the kubernetes Service through the cluster DNS"
+echo "$out" | grep -qx "outside-name-refused" || fail "the cluster DNS did not refuse a name outside the cluster"
+ok "client pod ($client_ip) fetched from the server pod ($server_ip) over TCP, reached the kubernetes Service and resolved its name through the cluster DNS (which refused example.com); created to Succeeded in ${client_s} s; kubectl logs works"
 [ "$(kctl -n "$ns" exec server -- cat /tmp/index.html)" = hello-from-server ] || fail "kubectl exec"
 ok "kubectl exec works"
 "$here/node.sh" exec curl -sf --max-time 2 "http://$server_ip:8080/index.html" | grep -qx hello-from-server ||

@@ -7,6 +7,16 @@
 # busybox). Pods get addresses in $pod_subnet on the namespace's bridge and reach each other and
 # the API server (through the `kubernetes` Service) there, and nothing outside the namespace.
 #
+# Cluster DNS: CoreDNS (e2e/build-coredns.sh, its `kubernetes` plugin) as a process of the node,
+# like kubelet, listening on $node_ip:53 inside the namespace, behind the Service kube-dns in
+# kube-system with the clusterIP $dns_ip (an EndpointSlice naming $node_ip, kube-proxy's DNAT), the
+# address kubelet gives pods as their name server (clusterDNS, clusterDomain cluster.local): pods
+# resolve Services and pods of cluster.local (and their reverse names) as in a real cluster. It
+# answers for those zones only and forwards nothing: any other name is refused (no name server
+# outside the namespace may be asked). It reads the API as the user system:coredns, with
+# upstream's ClusterRole system:coredns. A process rather than a pod: the node comes up with its
+# DNS without an image to build, and `down` stops it like kubelet.
+#
 #   e2e/node.sh up       start the control plane if needed, then the node; waits for Node Ready (idempotent)
 #   e2e/node.sh down     stop the node and undo everything it did to the host (cluster.sh down calls it)
 #   e2e/node.sh status   exit 0 when the Node is Ready
@@ -35,6 +45,8 @@ sock="$nd/containerd/containerd.sock"
 cgroup_root="/$ns"
 pause_image=localhost/mtls-e2e/pause:3.10
 busybox_image=localhost/mtls-e2e/busybox:1.35
+dns_ip=10.0.0.10
+dns_ready_port=10181
 # The kernel tunables kubelet sets when protectKernelDefaults is false (pkg/kubelet/cm).
 kubelet_sysctls="vm.overcommit_memory vm.panic_on_oom kernel.panic kernel.panic_on_oops kernel.keys.root_maxkeys kernel.keys.root_maxbytes"
 # Host directories that containerd (1.6) or kubelet use whatever they are told.
@@ -164,7 +176,8 @@ TOML
             "ranges": [[{"subnet": "$pod_subnet", "gateway": "$node_ip"}]],
             "routes": [{"dst": "0.0.0.0/0"}]}}]}
 JSON
-  # Pods resolve nothing: there is no cluster DNS, and no name server outside the namespace may be used.
+  # The node's own resolver, which pods of dnsPolicy Default get (ClusterFirst pods get clusterDNS and
+  # the search path below): none, no name server outside the namespace may be used.
   printf 'nameserver 127.0.0.1\noptions ndots:1 attempts:1 timeout:1\n' | put "$nd/resolv.conf"
   put "$nd/kubelet.yaml" <<YAML
 apiVersion: kubelet.config.k8s.io/v1beta1
@@ -186,6 +199,8 @@ authorization: {mode: AlwaysAllow}
 syncFrequency: ${MTLS_E2E_KUBELET_SYNC:-1m}
 podLogsDir: $nd/pod-logs
 resolvConf: $nd/resolv.conf
+clusterDNS: [$dns_ip]
+clusterDomain: cluster.local
 # Images cannot be pulled again: never collect them, never evict for disk.
 imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
@@ -196,6 +211,23 @@ YAML
   write_kubeconfig "system:node:$node_name" node "$nd/kubelet.kubeconfig"
   write_kubeconfig system:kube-proxy kube-proxy "$nd/kube-proxy.kubeconfig"
   write_kubeconfig system:kube-scheduler kube-scheduler "$nd/kube-scheduler.kubeconfig"
+  write_kubeconfig system:coredns coredns "$nd/coredns.kubeconfig"
+  # Cluster DNS for the cluster's zones only: no `forward`, any other name is refused.
+  put "$nd/Corefile" <<COREFILE
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {
+    bind $node_ip
+    errors
+    log . "{remote} {type} {name} {rcode}"
+    health 127.0.0.1:$((dns_ready_port - 1))
+    ready 127.0.0.1:$dns_ready_port
+    kubernetes cluster.local in-addr.arpa ip6.arpa {
+        kubeconfig $nd/coredns.kubeconfig
+        pods insecure
+        ttl 30
+    }
+    cache 30
+}
+COREFILE
   put "$nd/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -209,6 +241,80 @@ metricsBindAddress: 127.0.0.1:10249
 # Leave the kernel's conntrack settings alone (some are not per namespace).
 conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s}
 YAML
+}
+
+# CoreDNS's client certificate (user system:coredns), beside the cluster's others.
+make_dns_cert() {
+  local p="$dir/pki"
+  [ -f "$p/coredns.crt" ] && return 0
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$p/coredns.key" -out "$p/coredns.csr" \
+    -subj "/CN=system:coredns" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' > "$p/coredns.ext"
+  openssl x509 -req -in "$p/coredns.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial -days 30 \
+    -extfile "$p/coredns.ext" -out "$p/coredns.crt" 2>/dev/null
+  rm -f "$p/coredns.csr" "$p/coredns.ext"
+}
+
+# What a cluster's DNS add-on installs (upstream's RBAC and kube-dns Service), with the Service's
+# endpoint the node's CoreDNS process rather than pods: an EndpointSlice of our own (a Service
+# without a selector, which the endpointslice controller leaves alone).
+apply_dns_objects() {
+  kctl apply -f - >/dev/null <<YAML
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "system:coredns", labels: {kubernetes.io/bootstrapping: rbac-defaults}}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "system:coredns", labels: {kubernetes.io/bootstrapping: rbac-defaults}}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:coredns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "system:coredns"}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {k8s-app: kube-dns, kubernetes.io/name: CoreDNS}
+spec:
+  clusterIP: $dns_ip
+  ports:
+  - {name: dns, port: 53, protocol: UDP, targetPort: 53}
+  - {name: dns-tcp, port: 53, protocol: TCP, targetPort: 53}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-$node_name
+  namespace: kube-system
+  labels: {kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: e2e-node.sh}
+addressType: IPv4
+endpoints:
+- {addresses: [$node_ip], conditions: {ready: true}, nodeName: $node_name}
+ports:
+- {name: dns, port: 53, protocol: UDP}
+- {name: dns-tcp, port: 53, protocol: TCP}
+YAML
+}
+
+dns_ready() { nsx curl -sf --max-time 1 "http://127.0.0.1:$dns_ready_port/ready" >/dev/null 2>&1; }
+
+start_dns() {
+  pid_alive coredns && return 0
+  local coredns; coredns=$("$here/build-coredns.sh")
+  "${in_ns[@]}" "$coredns" -conf "$nd/Corefile" > "$nd/coredns.log" 2>&1 &
+  echo $! > "$dir/coredns.pid"
+  # Ready once its kubernetes plugin has synced Services and EndpointSlices.
+  local deadline=$((SECONDS + 30))
+  until dns_ready; do
+    [ $SECONDS -lt $deadline ] || { nlog "CoreDNS not ready:"; tail -n 20 "$nd/coredns.log" >&2; return 1; }
+    pid_alive coredns || { nlog "CoreDNS exited:"; tail -n 20 "$nd/coredns.log" >&2; return 1; }
+    sleep 0.1
+  done
 }
 
 # kubelet's pod cgroups go under /$ns in every v1 hierarchy, so that down finds them all (and two
@@ -279,7 +385,10 @@ node_up() {
   "$here/cluster.sh" up
   build_images
   record_host
+  make_dns_cert
   write_configs
+  apply_dns_objects
+  start_dns
   make_cgroups
   start_containerd
   import_images "$images/pause.oci.tar" "$images/busybox.oci.tar"
@@ -291,12 +400,12 @@ node_up() {
   local deadline=$((SECONDS + 120))
   until node_ready; do
     [ $SECONDS -lt $deadline ] || { nlog "node $node_name not Ready; kubelet log:"; tail -n 30 "$nd/kubelet.log" >&2; return 1; }
-    for c in kubelet kube-proxy kube-scheduler containerd; do
+    for c in kubelet kube-proxy kube-scheduler containerd coredns; do
       pid_alive $c || { nlog "$c exited:"; tail -n 20 "$nd/$c.log" >&2; return 1; }
     done
     sleep 0.2
   done
-  nlog "node $node_name Ready $(elapsed "$t_kubelet") s after kubelet started; node up in $(elapsed "$start") s (network namespace $ns, pods in $pod_subnet)"
+  nlog "node $node_name Ready $(elapsed "$t_kubelet") s after kubelet started; node up in $(elapsed "$start") s (network namespace $ns, pods in $pod_subnet, cluster DNS $dns_ip)"
 }
 
 # Every mount whose mount point is under $1, deepest first.
@@ -306,7 +415,7 @@ mounts_under() {
 
 node_down() {
   local start=$EPOCHREALTIME
-  stop kube-scheduler kube-proxy kubelet
+  stop kube-scheduler kube-proxy kubelet coredns
   local netnses=() ids=""
   if pid_alive containerd; then
     # No CRI client here (no crictl in Debian 12): tear the containers down with ctr, and note
@@ -393,7 +502,7 @@ for n in (spec.get("linux") or {}).get("namespaces") or []:
     find "$d" -depth -type d -empty -delete 2>/dev/null || true
   done
   rm -rf "$nd"
-  rm -f "$dir/containerd.pid" "$dir/kubelet.pid" "$dir/kube-proxy.pid" "$dir/kube-scheduler.pid"
+  rm -f "$dir/containerd.pid" "$dir/kubelet.pid" "$dir/kube-proxy.pid" "$dir/kube-scheduler.pid" "$dir/coredns.pid"
   nlog "node down in $(elapsed "$start") s"
 }
 
