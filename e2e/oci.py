@@ -17,14 +17,21 @@ Spec:
    "contents": [{"dst": "/etc/passwd", "text": "...", "mode": 420}],
    "dirs":     [{"dst": "/tmp", "mode": 1023, "uid": 0, "gid": 0}],
    "symlinks": [{"dst": "/lib64", "target": "usr/lib64"}],
+   "trees":    [{"src": "/host/rootfs", "dst": "/", "exclude": ["dev/*", "usr/share/doc"]}],
    "config":   {"User": "65532:65532", "Entrypoint": [...], "Cmd": [...], ...}}
+A tree is a whole directory taken as it is (directories, regular files, symlinks, with their modes
+and owners; a hard link becomes a copy; devices, sockets and FIFOs are left out), before the other
+entries, which replace what it has at the same path. `exclude` holds fnmatch patterns of paths
+relative to the tree (an excluded directory's contents go too).
 Parent directories that are not listed are added as 0755 root:root.
 """
+import fnmatch
 import gzip
 import hashlib
 import io
 import json
 import os
+import stat
 import sys
 import tarfile
 from datetime import datetime, timezone
@@ -51,6 +58,31 @@ def layer_tar(spec, mtime):
             entries[parent] = (d, None)
             parent = os.path.dirname(parent)
 
+    for t in spec.get("trees", []):
+        root, dst, exclude = t["src"].rstrip("/"), t.get("dst", "/"), t.get("exclude", [])
+        for top, dirs, names in os.walk(root):
+            rel_top = os.path.relpath(top, root)
+            for name in sorted(dirs + names):
+                rel = os.path.normpath(os.path.join(rel_top, name))
+                if any(fnmatch.fnmatchcase(rel, pat) for pat in exclude):
+                    if name in dirs:
+                        dirs.remove(name)
+                    continue
+                st = os.lstat(os.path.join(top, name))
+                info = tarfile.TarInfo()
+                info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                data = None
+                if stat.S_ISDIR(st.st_mode):
+                    info.type = tarfile.DIRTYPE
+                elif stat.S_ISLNK(st.st_mode):
+                    info.type, info.linkname = tarfile.SYMTYPE, os.readlink(os.path.join(top, name))
+                elif stat.S_ISREG(st.st_mode):
+                    with open(os.path.join(top, name), "rb") as fh:
+                        data = fh.read()
+                    info.size = len(data)
+                else:
+                    continue
+                add(os.path.join(dst, rel), info, data)
     for d in spec.get("dirs", []):
         info = tarfile.TarInfo()
         info.type, info.mode = tarfile.DIRTYPE, d.get("mode", 0o755)
