@@ -28,7 +28,9 @@
 # Secrets and ConfigMaps are refreshed.
 #
 # Built-in images: localhost/mtls-e2e/pause:3.10 and localhost/mtls-e2e/busybox:1.35 (every busybox
-# applet in /bin); use imagePullPolicy IfNotPresent or Never (there is no registry).
+# applet in /bin); use imagePullPolicy IfNotPresent or Never (there is no registry). Images of
+# nginx and curl from Debian's packages, for manifests/examples/workloads.yaml:
+# e2e/workload-images.sh import.
 #
 # What kubelet and containerd leave on the host, and `down` undoes: the sysctls kubelet sets
 # (recorded before the first `up`, restored), cgroups (all under /<cgroup-root> in every hierarchy),
