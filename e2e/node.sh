@@ -307,7 +307,6 @@ dns_ready() { nsx curl -sf --max-time 1 "http://127.0.0.1:$dns_ready_port/ready"
 
 start_dns() {
   pid_alive coredns && return 0
-  local coredns; coredns=$("$here/build-coredns.sh")
   "${in_ns[@]}" "$coredns" -conf "$nd/Corefile" > "$nd/coredns.log" 2>&1 &
   echo $! > "$dir/coredns.pid"
   # Ready once its kubernetes plugin has synced Services and EndpointSlices.
@@ -384,6 +383,7 @@ node_up() {
   if [ "$ns" = host ]; then nlog "a node needs root and the cluster's own network namespace (MTLS_E2E_NETNS is host)"; return 1; fi
   install_packages
   bin=$("$here/build-k8s.sh" node)
+  coredns=$("$here/build-coredns.sh")
   "$here/cluster.sh" up
   build_images
   record_host
