@@ -9,7 +9,9 @@
 #   - the leader pod deleted: a replica leads again within the Lease duration, nothing is lost
 #     (the Secret keeps its serial) and a new identity is issued;
 #   - `helm upgrade` with a changed value rolls the pods and re-issues nothing;
-#   - `helm uninstall` keeps the CA Secrets (and the authority, resource-policy keep).
+#   - `helm uninstall` keeps the CA Secrets (and the authority, resource-policy keep);
+#   - then manifests/install.yaml, applied with only the image substituted, the same way: two
+#     replicas Ready, one leading, the kept CA taken up (nothing re-issued), /metrics, failover.
 # Then takes everything down. Uses MTLS_E2E_DIR / MTLS_E2E_API_PORT / MTLS_E2E_ETCD_PORT like
 # cluster.sh (the cluster of that directory must not be running). Exits non-zero on the first failure.
 set -euo pipefail
@@ -42,20 +44,51 @@ version=$(awk -F'"' '/^version = /{print $2; exit}' Cargo.toml)
 ns=mtls-system
 image=(--set image.repository=localhost/mtls-operator --set "image.tag=$version" --set image.pullPolicy=Never)
 
-t=$(now)
-helm install mtls-operator charts/mtls-operator -n "$ns" --create-namespace "${image[@]}" --wait --timeout 180s >/dev/null ||
-  { kubectl get pods -n "$ns" -o wide >&2; fail "helm install did not become ready"; }
-pods=$(kubectl get pods -n "$ns" -l app.kubernetes.io/name=mtls-operator --field-selector=status.phase=Running -o name | wc -l)
-[ "$pods" = 2 ] || fail "expected 2 operator pods Running, found $pods"
 holder() { kubectl get lease -n "$ns" mtls-operator -o jsonpath='{.spec.holderIdentity}' 2>/dev/null; }
-until_true 30 test -n "$(holder)" || fail "no replica holds the Lease"
-leader=$(holder)
-ok "helm install: 2 replicas Running and Ready in $(since "$t") s; $leader leads"
-
-kubectl create namespace shop >/dev/null
+# Two operator pods Running, one holding the Lease (sets $leader).
+replicas_running() {
+  local pods
+  pods=$(kubectl get pods -n "$ns" -l app.kubernetes.io/name=mtls-operator --field-selector=status.phase=Running -o name | wc -l)
+  [ "$pods" = 2 ] || fail "expected 2 operator pods Running, found $pods"
+  until_true 30 test -n "$(holder)" || fail "no replica holds the Lease"
+  leader=$(holder)
+}
 identity() { printf 'apiVersion: mtls.io/v1alpha1\nkind: MtlsIdentity\nmetadata: {name: %s, namespace: shop}\nspec: {authorityRef: default}\n' "$1" | kubectl apply -f - >/dev/null; }
 ready() { [ "$(kubectl get mtlsid -n shop "$1" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" = True ]; }
 serial() { kubectl get mtlsid -n shop "$1" -o jsonpath='{.status.serialNumber}'; }
+# /metrics of the leading pod, through the API server's pod proxy (the API server shares the pods'
+# network namespace): up, and the issuance counted.
+scrape_leader() {
+  local metrics issued
+  metrics=$(kubectl get --raw "/api/v1/namespaces/$ns/pods/$leader:8080/proxy/metrics") || fail "no /metrics from $leader"
+  grep -qx 'mtls_operator_up 1' <<<"$metrics" || fail "the leader's /metrics does not say up 1"
+  issued=$(awk '/^mtls_operator_issuances_total[{ ]/ {n += $NF} END {print n + 0}' <<<"$metrics")
+  [ "$issued" -ge 1 ] || fail "the leader's /metrics counts no issuance"
+  ok "/metrics scraped from the leading pod: mtls_operator_up 1, $issued issuance(s) counted, $(wc -l <<<"$metrics") lines"
+}
+# Leader failover: the leader pod deleted; a replica leads again within the Lease duration and
+# issues identity $1; web keeps its serial.
+fail_over() { # new-identity
+  local duration t took
+  duration=$(kubectl get lease -n "$ns" mtls-operator -o jsonpath='{.spec.leaseDurationSeconds}')
+  t=$(now)
+  kubectl delete pod -n "$ns" "$leader" --wait=false >/dev/null
+  new_leader() { local h; h=$(holder); [ -n "$h" ] && [ "$h" != "$leader" ]; }
+  until_true $((duration + 10)) new_leader || fail "no new leader within the lease duration ($duration s)"
+  took=$(since "$t")
+  identity "$1"
+  until_true 30 ready "$1" || fail "identity $1 not issued after the failover"
+  [ "$(serial web)" = "$web_serial" ] || fail "the failover re-issued web"
+  ok "leader pod deleted: $(holder) leads after $took s (lease duration $duration s); web kept serial, $1 issued"
+}
+
+t=$(now)
+helm install mtls-operator charts/mtls-operator -n "$ns" --create-namespace "${image[@]}" --wait --timeout 180s >/dev/null ||
+  { kubectl get pods -n "$ns" -o wide >&2; fail "helm install did not become ready"; }
+replicas_running
+ok "helm install: 2 replicas Running and Ready in $(since "$t") s; $leader leads"
+
+kubectl create namespace shop >/dev/null
 until_true 60 kubectl get mtlsauthority default >/dev/null 2>&1 || fail "the chart's authority does not exist"
 t=$(now)
 identity web
@@ -63,13 +96,7 @@ until_true 30 ready web || fail "identity web not Ready: $(kubectl get mtlsid -n
 ok "identity issued by the operator pods in $(since "$t") s"
 web_serial=$(serial web)
 
-# /metrics of the leading pod, through the API server's pod proxy (the API server shares the pods'
-# network namespace): up, and the issuance counted.
-metrics=$(kubectl get --raw "/api/v1/namespaces/$ns/pods/$leader:8080/proxy/metrics") || fail "no /metrics from $leader"
-grep -qx 'mtls_operator_up 1' <<<"$metrics" || fail "the leader's /metrics does not say up 1"
-issued=$(awk '/^mtls_operator_issuances_total[{ ]/ {n += $NF} END {print n + 0}' <<<"$metrics")
-[ "$issued" -ge 1 ] || fail "the leader's /metrics counts no issuance"
-ok "/metrics scraped from the leading pod: mtls_operator_up 1, $issued issuance(s) counted, $(wc -l <<<"$metrics") lines"
+scrape_leader
 
 wait_default_serviceaccount shop
 kubectl apply -f - >/dev/null <<'YAML'
@@ -95,17 +122,7 @@ files=$(kubectl logs -n shop reader | tr '\n' ' ')
 for f in tls.crt tls.key ca.crt version; do [[ " $files " == *" $f "* ]] || fail "the pod does not see $f: $files"; done
 ok "a pod mounting the Secret and the bundle ConfigMap sees: $files"
 
-# Leader failover: the leader pod deleted; a replica leads again and issues.
-duration=$(kubectl get lease -n "$ns" mtls-operator -o jsonpath='{.spec.leaseDurationSeconds}')
-t=$(now)
-kubectl delete pod -n "$ns" "$leader" --wait=false >/dev/null
-new_leader() { local h; h=$(holder); [ -n "$h" ] && [ "$h" != "$leader" ]; }
-until_true $((duration + 10)) new_leader || fail "no new leader within the lease duration ($duration s)"
-took=$(since "$t")
-identity api
-until_true 30 ready api || fail "identity api not issued after the failover"
-[ "$(serial web)" = "$web_serial" ] || fail "the failover re-issued web"
-ok "leader pod deleted: $(holder) leads after $took s (lease duration $duration s); web kept serial, api issued"
+fail_over api
 
 # An upgrade with a changed value rolls the pods and re-issues nothing.
 serials_before=$(kubectl get mtlsid -n shop -o jsonpath='{range .items[*]}{.metadata.name}={.status.serialNumber} {end}')
@@ -127,3 +144,25 @@ cas_after=$(kubectl get secret -n "$ns" -l mtls.io/authority=default -o name | s
 [ "$cas_before" = "$cas_after" ] || fail "helm uninstall removed CA Secrets: $cas_before -> $cas_after"
 kubectl get mtlsauthority default >/dev/null || fail "helm uninstall removed the authority"
 ok "helm uninstall kept the CA Secrets ($(echo "$cas_after" | wc -l)) and the authority"
+
+# manifests/install.yaml as a user applies it, with only the image substituted (its MtlsAuthority
+# needs the CRDs Established first: apply again, as its header says). It finds the authority and
+# the CA Secrets the chart left behind and takes them up: nothing is re-issued. (--force-conflicts:
+# the authority's fields belong to helm, which created it.)
+sed -E "s#^( *image: )\"[^\"]*mtls-operator:[^\"]*\"#\1\"localhost/mtls-operator:$version\"#; s#^( *imagePullPolicy: ).*#\1Never#" \
+  manifests/install.yaml > "$MTLS_E2E_DIR/install.yaml"
+grep -q "image: \"localhost/mtls-operator:$version\"" "$MTLS_E2E_DIR/install.yaml" || fail "no image line substituted in manifests/install.yaml"
+t=$(now)
+kubectl apply --server-side --force-conflicts -f "$MTLS_E2E_DIR/install.yaml" >/dev/null 2>&1 || {
+  kubectl wait --for=condition=Established crd --all --timeout=30s >/dev/null
+  kubectl apply --server-side --force-conflicts -f "$MTLS_E2E_DIR/install.yaml" >/dev/null; }
+kubectl rollout status deployment/mtls-operator -n "$ns" --timeout=180s >/dev/null || {
+  kubectl get pods -n "$ns" -o wide >&2; fail "manifests/install.yaml: the operator did not become ready"; }
+replicas_running
+ok "manifests/install.yaml: 2 replicas Running and Ready in $(since "$t") s; $leader leads"
+identity db
+until_true 30 ready db || fail "identity db not issued by the install.yaml operator"
+[ "$(serial web)" = "$web_serial" ] || fail "install.yaml re-issued web: the kept CA was not taken up"
+ok "install.yaml's operator took up the kept CA (web kept its serial) and issued db"
+scrape_leader
+fail_over cache

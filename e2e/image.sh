@@ -7,13 +7,17 @@
 # user, entrypoint, cmd, exposed port and labels are read from the Dockerfile, so the two
 # cannot drift (and `check` verifies it).
 #
-#   e2e/image.sh build    build the binary and target/images/mtls-operator-<version>.oci.tar (default)
+#   e2e/image.sh build    build the binaries and target/images/mtls-operator-<version>.oci.tar (default)
 #   e2e/image.sh package [BINARY]   only wrap an already built binary (default target/release/mtls-operator)
 #   e2e/image.sh check    compare the archive's image config and files with the Dockerfile
-#   e2e/image.sh import   build, check and import into the node's containerd (e2e/node.sh)
+#   e2e/image.sh import   build, check and import both images into the node's containerd (e2e/node.sh)
 #
 # Prints the archive path. The image is named localhost/mtls-operator:<version> (no registry:
 # pods use imagePullPolicy IfNotPresent or Never). CARGO_TARGET_DIR is honoured.
+#
+# The same release build gives the end-to-end tests' workload, `mtls-probe` (e2e/probe), packaged
+# on the same base as localhost/mtls-probe:<version> (target/images/mtls-probe-<version>.oci.tar;
+# not an image to ship, so no Dockerfile: its config is written here).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -21,6 +25,8 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 version=$(awk -F'"' '$1 ~ /^version *= */ {print $2; exit}' "$repo/Cargo.toml")
 name=${MTLS_E2E_IMAGE:-localhost/mtls-operator:$version}
 out="$target/images/mtls-operator-$version.oci.tar"
+probe_name=localhost/mtls-probe:$version
+probe_out="$target/images/mtls-probe-$version.oci.tar"
 
 log() { printf '[image] %s\n' "$*" >&2; }
 
@@ -71,20 +77,39 @@ PY
 
 build() {
   local start=$SECONDS
-  log "cargo build --release --locked --bin mtls-operator (CARGO_TARGET_DIR=$target)"
+  log "cargo build --release --locked --bin mtls-operator --bin mtls-probe (CARGO_TARGET_DIR=$target)"
   (cd "$repo" && CARGO_TARGET_DIR="$target" CARGO_INCREMENTAL=0 AWS_LC_SYS_USE_SYSTEM=0 \
-    cargo build --release --locked --bin mtls-operator)
+    cargo build --release --locked --bin mtls-operator --bin mtls-probe)
   log "release build took $((SECONDS - start)) s"
   package
+  dockerfile_contract | package_as "$target/release/mtls-probe" "$probe_name" "$probe_out" probe_contract
+}
+
+# The probe's image config, the operator's with the probe's entrypoint, port and title.
+probe_contract() {
+  python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+c["Entrypoint"], c["Cmd"], c["ExposedPorts"] = ["/usr/local/bin/mtls-probe"], ["--help"], {"8443/tcp": {}}
+c["Labels"] = {k: v for k, v in c["Labels"].items() if k.endswith((".licenses", ".version"))}
+c["Labels"]["org.opencontainers.image.title"] = "mtls-probe"
+c["Labels"]["org.opencontainers.image.description"] = "mutual-TLS test workload of the mtls-operator end-to-end tests"
+print(json.dumps(c, sort_keys=True))'
 }
 
 package() {
-  local binary=${1:-}; binary=${binary:-$target/release/mtls-operator}
+  package_as "${1:-$target/release/mtls-operator}" "$name" "$out" dockerfile_contract
+}
+
+# Wraps BINARY as image NAME into archive OUT, with the image config CONTRACT prints (it reads
+# the Dockerfile's contract on stdin when it needs it).
+package_as() { # binary name out contract
+  local binary=$1 name=$2 out=$3 contract=$4
   "$binary" --version >&2
   local start=$SECONDS
   mkdir -p "$target/images"
   local t; t=$(mktemp -d)
-  dockerfile_contract > "$t/contract.json"
+  "$contract" > "$t/contract.json"
   # The shared libraries the binary needs, from this Debian 12 (glibc 2.36, as distroless cc-debian12).
   ldd "$binary" | awk '/=>/ {print $1, $3} !/=>/ && $1 ~ /^\// {print $1, $1}' > "$t/libs"
   python3 - "$t" "$binary" "$name" <<'PY' > "$t/spec.json"
@@ -196,6 +221,8 @@ case "${1:-build}" in
   build) build; echo "$out" ;;
   package) package "${2:-}"; echo "$out" ;;
   check) check ;;
-  import) build; check; "$here/node.sh" import "$out"; log "imported $name into the node"; echo "$out" ;;
+  import)
+    build; check; "$here/node.sh" import "$out" "$probe_out"
+    log "imported $name and $probe_name into the node"; echo "$out" ;;
   *) echo "usage: $0 build|check|import" >&2; exit 2 ;;
 esac

@@ -14,6 +14,8 @@
 #
 #   e2e/workload-images.sh build    build what is missing; prints `NAME ARCHIVE` per image
 #   e2e/workload-images.sh import   build, then import into the running node's containerd
+#   e2e/workload-images.sh workloads   print manifests/examples/workloads.yaml with only its two
+#                                      image names pointed at these images (builds them if missing)
 #
 # The archives are cached outside the repository, keyed by this recipe (this script and oci.py)
 # and the machine's Debian release: a changed recipe builds anew; a cached one is reused as it is
@@ -154,5 +156,12 @@ case "${1:-build}" in
     "$here/node.sh" import $(awk '{print $2}' <<<"$names")
     echo "$names"
     ;;
-  *) echo "usage: $0 build|import" >&2; exit 2 ;;
+  workloads)
+    names=$(build)
+    nginx=$(awk '$1 ~ /\/nginx:/ {print $1}' <<<"$names")
+    curl=$(awk '$1 ~ /\/curl:/ {print $1}' <<<"$names")
+    sed -E -e "s#^( *image: )docker\.io/nginxinc/nginx-unprivileged:.*#\1$nginx#" \
+      -e "s#^( *image: )docker\.io/curlimages/curl:.*#\1$curl#" "$(dirname "$here")/manifests/examples/workloads.yaml"
+    ;;
+  *) echo "usage: $0 build|import|workloads" >&2; exit 2 ;;
 esac

@@ -76,8 +76,7 @@ helm install mtls-operator charts/mtls-operator -n mtls-system --create-namespac
 ok "operator image imported and the chart installed (2 replicas Ready) in $(since "$t") s"
 
 # The examples as shipped, the two image names aside.
-sed -E -e "s#^( *image: )docker\.io/nginxinc/nginx-unprivileged:.*#\1$nginx_image#" \
-  -e "s#^( *image: )docker\.io/curlimages/curl:.*#\1$curl_image#" manifests/examples/workloads.yaml > "$work/workloads.yaml"
+"$here/workload-images.sh" workloads > "$work/workloads.yaml"
 changed=$(diff manifests/examples/workloads.yaml "$work/workloads.yaml" | grep -c '^>' || true)
 [ "$changed" = 2 ] || fail "expected the two image lines of workloads.yaml substituted, $changed lines differ"
 t=$(now)

@@ -1,12 +1,12 @@
 //! Fixtures shared by the end-to-end test modules: test authorities, identities and their
-//! waits, Secret contents, and TLS checks with OpenSSL and rustls.
+//! waits, Secret contents, TLS checks with OpenSSL and rustls, and steering rotations.
 
 use std::{path::Path, process::Command, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 
@@ -315,4 +315,54 @@ pub fn rustls_mtls_handshake(server: &Secret, client: &Secret, server_name: &str
 
 pub fn x509_text(dir: &Path) -> String {
     openssl(&["x509", "-noout", "-text", "-in", dir.join("leaf.pem").to_str().unwrap()]).1
+}
+
+// Rotations: steer an authority's and follow its phases.
+
+pub async fn authority(client: &Client, name: &str) -> MtlsAuthority {
+    Api::<MtlsAuthority>::all(client.clone()).get(name).await.unwrap()
+}
+
+pub async fn patch_rotation(client: &Client, name: &str, rotation: serde_json::Value) {
+    Api::<MtlsAuthority>::all(client.clone())
+        .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"rotation": rotation}})))
+        .await
+        .unwrap();
+}
+
+/// Polls the authority until `done`, recording every phase seen.
+pub async fn watch_phases(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&MtlsAuthority) -> bool,
+) -> Vec<String> {
+    let mut phases: Vec<String> = vec![];
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let a = authority(client, name).await;
+        if let Some(p) = a.status.as_ref().and_then(|s| s.phase.clone()) {
+            if phases.last() != Some(&p) {
+                phases.push(p);
+            }
+        }
+        if done(&a) {
+            return phases;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rotation did not finish; phases so far {phases:?}; status {:?}",
+            a.status
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn stable_at(generation: u32) -> impl Fn(&MtlsAuthority) -> bool {
+    move |a| {
+        a.status
+            .as_ref()
+            .and_then(|s| s.rotation.as_ref())
+            .is_some_and(|r| r.phase == mtls_operator::api::Phase::Stable && r.from == generation && r.to.is_none())
+    }
 }

@@ -17,17 +17,15 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client, ResourceExt,
-    api::{Patch, PatchParams},
     runtime::{WatchStreamExt, watcher},
 };
-use mtls_operator::api::MtlsAuthority;
 use rand::Rng;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use crate::{
     fixtures::{
-        Side, TestAuthority, create_identity, mtls_in_memory, roots_from_pem, spiffe_of, wait_authority_ready,
-        wait_identity_ready,
+        Side, TestAuthority, authority, create_identity, mtls_in_memory, patch_rotation, roots_from_pem, spiffe_of,
+        stable_at, wait_authority_ready, wait_identity_ready, watch_phases,
     },
     harness::{self, TestNamespace},
     renewal::project_files,
@@ -274,54 +272,6 @@ async fn scenario(prefix: &str, propagation: &str, kubelet_max: Duration, identi
     .expect("every Secret and ConfigMap projected");
     let traffic = start_traffic(kubelet.clone(), workloads, stop.clone());
     Scenario { client, auth, _namespaces: namespaces, kubelet, stop, traffic, _dir: dir }
-}
-
-async fn authority(client: &Client, name: &str) -> MtlsAuthority {
-    Api::<MtlsAuthority>::all(client.clone()).get(name).await.unwrap()
-}
-
-async fn patch_rotation(client: &Client, name: &str, rotation: serde_json::Value) {
-    Api::<MtlsAuthority>::all(client.clone())
-        .patch(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"spec": {"rotation": rotation}})))
-        .await
-        .unwrap();
-}
-
-/// Polls the authority until `done`, recording every phase seen.
-async fn watch_phases(
-    client: &Client,
-    name: &str,
-    timeout: Duration,
-    done: impl Fn(&MtlsAuthority) -> bool,
-) -> Vec<String> {
-    let mut phases: Vec<String> = vec![];
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let a = authority(client, name).await;
-        if let Some(p) = a.status.as_ref().and_then(|s| s.phase.clone()) {
-            if phases.last() != Some(&p) {
-                phases.push(p);
-            }
-        }
-        if done(&a) {
-            return phases;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "rotation did not finish; phases so far {phases:?}; status {:?}",
-            a.status
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn stable_at(generation: u32) -> impl Fn(&MtlsAuthority) -> bool {
-    move |a| {
-        a.status
-            .as_ref()
-            .and_then(|s| s.rotation.as_ref())
-            .is_some_and(|r| r.phase == mtls_operator::api::Phase::Stable && r.from == generation && r.to.is_none())
-    }
 }
 
 fn ca_fingerprint(client: &Client, authority: &str, generation: u32) -> impl std::future::Future<Output = String> {
