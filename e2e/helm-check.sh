@@ -143,6 +143,10 @@ helm uninstall mtls-operator -n "$ns" --wait >/dev/null
 cas_after=$(kubectl get secret -n "$ns" -l mtls.io/authority=default -o name | sort)
 [ "$cas_before" = "$cas_after" ] || fail "helm uninstall removed CA Secrets: $cas_before -> $cas_after"
 kubectl get mtlsauthority default >/dev/null || fail "helm uninstall removed the authority"
+# The chart's ReplicaSets and pods go after the Deployment (garbage collection, in the background):
+# a Deployment created meanwhile with the same selector would adopt them.
+gone() { [ -z "$(kubectl get rs,pods -n "$ns" -l app.kubernetes.io/name=mtls-operator -o name 2>/dev/null)" ]; }
+until_true 60 gone || fail "the chart's ReplicaSets and pods are still there after helm uninstall"
 ok "helm uninstall kept the CA Secrets ($(echo "$cas_after" | wc -l)) and the authority"
 
 # manifests/install.yaml as a user applies it, with only the image substituted (its MtlsAuthority
