@@ -20,3 +20,9 @@ wait_default_serviceaccount() {
     sleep 0.1
   done
 }
+# The check needs the cluster of $MTLS_E2E_DIR (and the machine's only node) to itself.
+require_cluster_down() {
+  if "$here/cluster.sh" status 2>/dev/null; then
+    fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down)"
+  fi
+}

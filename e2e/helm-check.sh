@@ -25,9 +25,7 @@ check_name=helm-check
 # shellcheck source=e2e/checks.sh
 . "$here/checks.sh"
 
-if "$here/cluster.sh" status 2>/dev/null; then
-  fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down)"
-fi
+require_cluster_down
 finish() {
   local rc=$?
   if [ "${MTLS_E2E_KEEP:-}" != 1 ]; then

@@ -30,9 +30,7 @@ check_name=workloads-check
 # shellcheck source=e2e/checks.sh
 . "$here/checks.sh"
 
-if "$here/cluster.sh" status 2>/dev/null; then
-  fail "the cluster in $MTLS_E2E_DIR is running: take it down first (e2e/cluster.sh down)"
-fi
+require_cluster_down
 work=$(mktemp -d)
 finish() {
   local rc=$?

@@ -250,7 +250,7 @@ async fn kubelet_delivers_a_changed_secret_within_the_propagation_delay() {
 struct Mesh {
     client: Client,
     auth: TestAuthority,
-    namespaces: Vec<TestNamespace>,
+    _namespaces: Vec<TestNamespace>,
     /// (namespace, pod) of every probe: the servers, then the clients.
     probes: Vec<(String, String)>,
     propagation: Duration,
@@ -294,7 +294,7 @@ async fn mesh(prefix: &str, propagation: Duration, clients: usize) -> Mesh {
             .filter(|c| c % 2 != i)
             .map(|c| spiffe(&namespaces[1 - i].name, &format!("client-{c}")))
             .collect();
-        let mut args = vec!["serve".to_string(), "--bundle".into(), format!("/etc/bundle/ca.crt")];
+        let mut args = vec!["serve".to_string(), "--bundle".into(), "/etc/bundle/ca.crt".to_string()];
         args.extend(allow.iter().flat_map(|a| ["--allow".to_string(), a.clone()]));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let pod = probe_pod(
@@ -339,7 +339,7 @@ async fn mesh(prefix: &str, propagation: Duration, clients: usize) -> Mesh {
         run_pods(&client, ns, vec![pod]).await;
         probes.push((ns.clone(), id));
     }
-    let m = Mesh { client, auth, namespaces, probes, propagation };
+    let m = Mesh { client, auth, _namespaces: namespaces, probes, propagation };
     // Every probe has loaded its files and every client handshakes.
     let working = harness::wait_for(Duration::from_secs(30), || {
         let m = &m;
@@ -448,7 +448,6 @@ async fn rotation_and_rollback_on_real_pods_fail_no_handshake() {
     );
     assert_eq!(failed, 0, "failed handshakes during rotation: {errors:#?}");
     assert!(ok > after_first.0 && ok > 1000, "too few handshakes to mean anything: {ok}");
-    let _ = &m.namespaces;
 }
 
 #[tokio::test]
