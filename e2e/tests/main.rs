@@ -8,6 +8,7 @@ mod bundles;
 mod fixtures;
 mod foundation;
 mod issuance;
+mod keystores;
 mod recreate;
 mod renewal;
 mod rotation;

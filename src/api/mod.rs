@@ -282,12 +282,49 @@ pub struct TrustBundleSpec {
     #[serde(default, rename = "additionalCAs", skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub additional_cas: Vec<AdditionalCa>,
+    /// Truststores written into the bundle ConfigMaps' `binaryData` beside `ca.crt` (the shape of
+    /// trust-manager's `target.additionalFormats`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub additional_formats: Option<BundleFormats>,
 }
 
 impl Default for TrustBundleSpec {
     fn default() -> Self {
-        TrustBundleSpec { config_map_name: default_bundle_name(), namespace_selector: None, additional_cas: vec![] }
+        TrustBundleSpec {
+            config_map_name: default_bundle_name(),
+            namespace_selector: None,
+            additional_cas: vec![],
+            additional_formats: None,
+        }
     }
+}
+
+/// Truststore files in the bundle ConfigMaps. Their passwords protect integrity only (a bundle
+/// is public), so they are given here, not in a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BundleFormats {
+    /// A JKS truststore (default key `truststore.jks`, password `changeit`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jks: Option<BundleFormat>,
+    /// A PKCS#12 truststore (default key `truststore.p12`, password `changeit`), modern encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs12: Option<BundleFormat>,
+}
+
+/// One truststore file in the bundle ConfigMaps.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.key) || (self.key != 'ca.crt' && self.key != 'version')").message("the truststore's key must not be ca.crt or version: those hold the PEM bundle and its version"))]
+pub struct BundleFormat {
+    /// Key in the ConfigMap's `binaryData`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: Option<String>,
+    /// Password of the truststore. Defaults to `changeit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub password: Option<String>,
 }
 
 /// A PEM bundle of extra roots held in a ConfigMap or a Secret key.
@@ -567,6 +604,100 @@ pub struct MtlsIdentitySpec {
     /// Labels and annotations copied onto the Secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_template: Option<SecretTemplate>,
+
+    /// Java keystores and truststores written into the Secret beside the PEM files (the shape of
+    /// cert-manager's `Certificate.spec.keystores`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keystores: Option<Keystores>,
+
+    /// More files in the Secret: `CombinedPEM` (`tls-combined.pem`, the key then the chain, one
+    /// atomic read) and `DER` (`key.der`, the PKCS#8 key).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 2))]
+    #[x_kube(validation = Rule::new("self.all(f, self.exists_one(g, g.type == f.type))").message("additionalOutputFormats must not list a type twice"))]
+    pub additional_output_formats: Vec<OutputFormat>,
+}
+
+/// Keystores written into the identity Secret, each protected by a password from a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Keystores {
+    /// `keystore.p12` (the key and chain) and `truststore.p12` (the trust bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs12: Option<Pkcs12Keystore>,
+    /// `keystore.jks` (the key and chain) and `truststore.jks` (the trust bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jks: Option<JksKeystore>,
+}
+
+/// A PKCS#12 keystore and truststore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Pkcs12Keystore {
+    /// Write the files (false: leave them out).
+    pub create: bool,
+    /// The password, from a key of a Secret in the identity's namespace.
+    pub password_secret_ref: SecretKeySelector,
+    /// Encryption: `Modern2023` (default: AES-256-CBC with PBKDF2-HMAC-SHA256, HMAC-SHA256 MAC),
+    /// or for old Java readers `LegacyDES` (3DES, SHA-1 MAC) or `LegacyRC2` (40-bit RC2 for the
+    /// certificates, 3DES for the key, SHA-1 MAC).
+    #[serde(default)]
+    pub profile: Pkcs12Profile,
+}
+
+/// How a PKCS#12 file is encrypted (cert-manager's profile names).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum Pkcs12Profile {
+    #[default]
+    Modern2023,
+    #[serde(rename = "LegacyDES")]
+    LegacyDes,
+    #[serde(rename = "LegacyRC2")]
+    LegacyRc2,
+}
+
+/// A JKS keystore and truststore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JksKeystore {
+    /// Write the files (false: leave them out).
+    pub create: bool,
+    /// The password of the store and of its key entry, from a key of a Secret in the
+    /// identity's namespace.
+    pub password_secret_ref: SecretKeySelector,
+    /// Alias of the key entry in `keystore.jks`. Defaults to `certificate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub alias: Option<String>,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_NAME_PATTERN))]
+    pub name: String,
+    /// Key in the Secret's data.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// One more file in the identity Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputFormat {
+    /// `CombinedPEM` (`tls-combined.pem`) or `DER` (`key.der`).
+    #[serde(rename = "type")]
+    pub type_: OutputFormatType,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+pub enum OutputFormatType {
+    #[serde(rename = "CombinedPEM")]
+    CombinedPem,
+    #[serde(rename = "DER")]
+    Der,
 }
 
 /// Private key parameters. A new key is generated at every issuance and renewal.

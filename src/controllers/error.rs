@@ -11,6 +11,8 @@ pub enum Error {
     },
     #[error("certificate error: {0}")]
     Pki(#[from] crate::core::pki::PkiError),
+    #[error("truststore error: {0}")]
+    Keystore(#[from] crate::core::keystore::KeystoreError),
 }
 
 impl Error {
@@ -26,6 +28,7 @@ impl Error {
             Error::Kube { source: kube::Error::Api(_), .. } => "ApiError",
             Error::Kube { .. } => "ApiUnreachable",
             Error::Pki(_) => "IssuanceFailed",
+            Error::Keystore(_) => "TruststoreFailed",
         }
     }
 

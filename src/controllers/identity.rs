@@ -22,6 +22,7 @@ use kube::{
 use sha2::{Digest, Sha256};
 
 use super::error::Error;
+use super::outputs;
 use super::{
     ANN_BUNDLE_VERSION, ANN_ISSUER, ANN_NOT_AFTER, ANN_RENEWAL_TIME, ANN_SERIAL, ANN_SPEC_HASH, ANN_SPIFFE_ID,
     AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition, parse_rfc3339,
@@ -279,8 +280,10 @@ pub fn left_by_predecessor(secret: &Secret, id: &MtlsIdentity) -> bool {
             .any(|o| o.controller == Some(true) && o.kind == "MtlsIdentity" && o.name == id.name_any() && o.uid != uid)
 }
 
-/// The Secret as it should be, given the certificate it should hold. Labels and annotations
-/// that others added are kept; ours are enforced.
+/// The Secret as it should be, given the certificate it should hold and the extra files
+/// (`outputs::files`) it carries. Labels and annotations that others added are kept; ours are
+/// enforced.
+#[allow(clippy::too_many_arguments)]
 pub fn build_secret(
     id: &MtlsIdentity,
     auth_name: &str,
@@ -289,6 +292,7 @@ pub fn build_secret(
     bundle: &super::Bundle,
     issuer_fingerprint: &str,
     existing: Option<&Secret>,
+    extra: Extra,
 ) -> Secret {
     let template = id.spec.secret_template.clone().unwrap_or_default();
     let mut labels = existing.map(|s| s.labels().clone()).unwrap_or_default();
@@ -309,6 +313,16 @@ pub fn build_secret(
     ] {
         annotations.insert(k.into(), v);
     }
+    match extra.config {
+        Some(c) => annotations.insert(outputs::ANN_OUTPUTS.into(), c),
+        None => annotations.remove(outputs::ANN_OUTPUTS),
+    };
+    let mut data = BTreeMap::from([
+        ("tls.crt".to_string(), ByteString(cur.tls_crt.clone().into_bytes())),
+        ("tls.key".to_string(), ByteString(cur.tls_key.clone().into_bytes())),
+        ("ca.crt".to_string(), ByteString(bundle.pem.clone().into_bytes())),
+    ]);
+    data.extend(extra.files);
     let mut owners: Vec<OwnerReference> = existing
         .map(|s| s.owner_references().to_vec())
         .unwrap_or_default()
@@ -327,13 +341,16 @@ pub fn build_secret(
             ..Default::default()
         },
         type_: Some("kubernetes.io/tls".into()),
-        data: Some(BTreeMap::from([
-            ("tls.crt".to_string(), ByteString(cur.tls_crt.clone().into_bytes())),
-            ("tls.key".to_string(), ByteString(cur.tls_key.clone().into_bytes())),
-            ("ca.crt".to_string(), ByteString(bundle.pem.clone().into_bytes())),
-        ])),
+        data: Some(data),
         ..Default::default()
     }
+}
+
+/// The extra files of an identity Secret and the annotation recording their configuration.
+#[derive(Default)]
+pub struct Extra {
+    pub files: BTreeMap<String, ByteString>,
+    pub config: Option<String>,
 }
 
 /// Whether `want` differs from `have` only by a newer trust bundle (`ca.crt` and its version);
@@ -347,6 +364,9 @@ fn only_bundle_changed(have: Option<&Secret>, want: &Secret) -> bool {
         let mut s = s.clone();
         if let Some(d) = s.data.as_mut() {
             d.remove("ca.crt");
+            for t in outputs::TRUSTSTORES {
+                d.remove(t);
+            }
         }
         if let Some(a) = s.metadata.annotations.as_mut() {
             a.remove(ANN_BUNDLE_VERSION);
@@ -409,6 +429,10 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         Ok(w) => w,
         Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
     };
+    let outputs = match outputs::resolve(&ctx, &id).await? {
+        Ok(o) => o,
+        Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
+    };
     let sname = secret_name(&id);
     let existing = match read_secret(&ctx, stores, &id, &sname, &status).await? {
         Ok(existing) => existing,
@@ -427,8 +451,21 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
             (issue(&ctx, &ns, &auth_name, &auth, &want, kind, existing.as_ref(), now).await?, Some(kind))
         }
     };
-    let desired_secret =
-        build_secret(&id, &auth_name, &want, &current, &auth.bundle, &auth.signer.facts.fingerprint, existing.as_ref());
+    let kept = existing.as_ref().filter(|_| !inherited);
+    let extra = match outputs::files(&outputs, &current.tls_key, &current.tls_crt, &auth.bundle.pem, kept) {
+        Ok(files) => Extra { files, config: outputs.config() },
+        Err(p) => return not_ready(&id, &ctx, &status, p, now).await,
+    };
+    let desired_secret = build_secret(
+        &id,
+        &auth_name,
+        &want,
+        &current,
+        &auth.bundle,
+        &auth.signer.facts.fingerprint,
+        existing.as_ref(),
+        extra,
+    );
     let secret_written = match write_secret(&ctx, &id, &sname, existing.as_ref(), &desired_secret).await? {
         Written::Yes => true,
         Written::Unchanged => false,
@@ -472,7 +509,11 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
     // Wake exactly at the renewal time; nothing polls. The work queue keeps the timer (see
     // `queue`), so every identity reconcile is started from there.
     let wait = current.renewal_time.duration_since(Timestamp::now());
-    let wait = if wait.is_positive() { wait.unsigned_abs() } else { Duration::ZERO };
+    let mut wait = if wait.is_positive() { wait.unsigned_abs() } else { Duration::ZERO };
+    if outputs.has_keystores() {
+        // A changed keystore password (its Secret is not watched) is taken up within this.
+        wait = wait.min(outputs::PASSWORD_RECHECK);
+    }
     ctx.queue.schedule(&ns, &name, wait.max(Duration::from_millis(100)));
     Ok(Action::await_change())
 }
@@ -700,7 +741,13 @@ async fn not_ready(
         ctx.metrics.reconcile_error(p.reason);
         ctx.event(&id.object_ref(&()), true, p.reason, p.message).await;
     }
-    // Fixed by a change to this object, its authority or its namespace: all are watched.
+    // A password Secret is not watched (it is any Secret of the user's): look again, backing off.
+    if p.reason.starts_with("PasswordSecret") {
+        let wait = super::retry_backoff(ctx.note_failure(&key_of(id)), None);
+        ctx.queue.schedule(&id.namespace().unwrap_or_default(), &id.name_any(), wait);
+    }
+    // Anything else is fixed by a change to this object, its authority or its namespace: all are
+    // watched.
     Ok(Action::await_change())
 }
 
@@ -770,7 +817,7 @@ mod tests {
             facts: leaf.facts,
             renewal_time,
         };
-        build_secret(id, "a", want, &cur, &auth.bundle, &auth.signer.facts.fingerprint, None)
+        build_secret(id, "a", want, &cur, &auth.bundle, &auth.signer.facts.fingerprint, None, Extra::default())
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod authority;
 pub mod error;
 pub mod identity;
 pub mod metrics;
+pub mod outputs;
 pub mod publish;
 pub mod queue;
 pub mod ratelimit;
@@ -100,6 +101,9 @@ pub struct Context {
     pub written_secrets: OwnWrites,
     /// Per-authority limiters for re-issues (`spec.rotation.reissueRate`), by authority name.
     pub reissue_limiters: RwLock<HashMap<String, (u32, Arc<RateLimiter>)>>,
+    /// The truststore files of each authority's bundle ConfigMaps, by authority name, with the
+    /// inputs they were built from (`publish::truststores`): every namespace gets the same bytes.
+    pub bundle_truststores: std::sync::Mutex<HashMap<String, publish::Truststores>>,
 }
 
 impl Context {

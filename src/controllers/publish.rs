@@ -10,6 +10,7 @@ use std::{
 
 use futures::{StreamExt, stream};
 use k8s_openapi::{
+    ByteString,
     api::core::v1::{ConfigMap, Namespace},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference},
 };
@@ -26,7 +27,7 @@ use crate::{
     api::MtlsAuthority,
     core::{
         bundle::{Bundle, Rollout},
-        policy,
+        keystore, policy,
     },
 };
 
@@ -57,8 +58,97 @@ fn owner(auth: &MtlsAuthority) -> OwnerReference {
     }
 }
 
+/// The truststore files (`spec.trustBundle.additionalFormats`) of one bundle version, and what
+/// they were built from.
+#[derive(Clone, Default)]
+pub struct Truststores {
+    /// Bundle SHA-256 and the formats asked for (keys, passwords: a bundle's are not secret).
+    inputs: String,
+    pub files: BTreeMap<String, ByteString>,
+}
+
+/// The (key, password, is JKS) of each truststore format the authority asks for.
+fn formats(auth: &MtlsAuthority) -> Vec<(String, String, bool)> {
+    let mut out = vec![];
+    if let Some(f) = &auth.spec.trust_bundle.additional_formats {
+        for (spec, default_key, jks) in [(&f.jks, "truststore.jks", true), (&f.pkcs12, "truststore.p12", false)] {
+            if let Some(spec) = spec {
+                let key = spec.key.clone().unwrap_or_else(|| default_key.into());
+                out.push((key, spec.password.clone().unwrap_or_else(|| "changeit".into()), jks));
+            }
+        }
+    }
+    out
+}
+
+/// The truststore files for `bundle`: the ones already built in this process, else the ones a
+/// ConfigMap of ours already carries if they hold exactly this bundle (after a restart; PKCS#12
+/// files are salted, so a fresh one would differ byte for byte and rewrite every namespace),
+/// else new ones.
+pub fn truststores(
+    ctx: &Context,
+    auth: &MtlsAuthority,
+    bundle: &Bundle,
+    caches: &Caches,
+) -> Result<Truststores, Error> {
+    let formats = formats(auth);
+    if formats.is_empty() {
+        return Ok(Truststores::default());
+    }
+    let inputs = format!("{}|{formats:?}", bundle.sha256);
+    let name = auth.name_any();
+    if let Some(t) = ctx.bundle_truststores.lock().expect("truststore cache lock poisoned").get(&name)
+        && t.inputs == inputs
+    {
+        return Ok(t.clone());
+    }
+    let roots = crate::core::pki::parse_pem_certs("trust bundle", &bundle.pem)?;
+    let want = keystore::trust(&roots);
+    let holds = |cm: &ConfigMap| {
+        formats.iter().all(|(key, pw, jks)| {
+            cm.binary_data.as_ref().and_then(|d| d.get(key)).is_some_and(|b| {
+                if *jks { keystore::jks_holds(&b.0, pw, "", &want) } else { keystore::pkcs12_holds(&b.0, pw, &want) }
+            })
+        })
+    };
+    let ours = caches.configmaps.state();
+    let adopted = ours
+        .iter()
+        .filter(|c| c.labels().get(LABEL_AUTHORITY) == Some(&name))
+        .filter(|c| c.annotations().get(ANN_BUNDLE_SHA256) == Some(&bundle.sha256))
+        .take(2)
+        .find(|c| holds(c));
+    let files = match adopted {
+        Some(cm) => {
+            let data = cm.binary_data.clone().unwrap_or_default();
+            formats.iter().filter_map(|(k, _, _)| Some((k.clone(), data.get(k)?.clone()))).collect()
+        }
+        None => {
+            let mut files = BTreeMap::new();
+            for (key, pw, jks) in &formats {
+                let bytes = if *jks {
+                    keystore::jks(&want, pw, "", std::time::SystemTime::now())
+                } else {
+                    keystore::pkcs12(&want, pw, crate::api::Pkcs12Profile::Modern2023)
+                }?;
+                files.insert(key.clone(), ByteString(bytes));
+            }
+            files
+        }
+    };
+    let t = Truststores { inputs, files };
+    ctx.bundle_truststores.lock().expect("truststore cache lock poisoned").insert(name, t.clone());
+    Ok(t)
+}
+
 /// The ConfigMap as it should be in `namespace`.
-pub fn desired_configmap(auth: &MtlsAuthority, bundle: &Bundle, namespace: &str, name: &str) -> ConfigMap {
+pub fn desired_configmap(
+    auth: &MtlsAuthority,
+    bundle: &Bundle,
+    truststores: &Truststores,
+    namespace: &str,
+    name: &str,
+) -> ConfigMap {
     ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
@@ -78,6 +168,7 @@ pub fn desired_configmap(auth: &MtlsAuthority, bundle: &Bundle, namespace: &str,
             ("ca.crt".to_string(), bundle.pem.clone()),
             ("version".to_string(), bundle.version.to_string()),
         ])),
+        binary_data: Some(truststores.files.clone()).filter(|f| !f.is_empty()),
         ..Default::default()
     }
 }
@@ -87,6 +178,7 @@ fn satisfies(have: &ConfigMap, want: &ConfigMap) -> bool {
     let contains =
         |h: &BTreeMap<String, String>, w: &BTreeMap<String, String>| w.iter().all(|(k, v)| h.get(k) == Some(v));
     have.data == want.data
+        && have.binary_data.as_ref().filter(|b| !b.is_empty()) == want.binary_data.as_ref()
         && contains(have.labels(), want.labels())
         && contains(have.annotations(), want.annotations())
         && want.owner_references().iter().all(|o| have.owner_references().iter().any(|h| h.uid == o.uid))
@@ -123,9 +215,10 @@ pub async fn publish(
     report.namespaces_total = targets.len() as u32;
 
     // Writes, in parallel, only where something differs.
+    let truststores = truststores(ctx, auth, bundle, caches)?;
     let mut work = vec![];
     for ns in &targets {
-        let want = desired_configmap(auth, bundle, ns, cm_name);
+        let want = desired_configmap(auth, bundle, &truststores, ns, cm_name);
         match caches.configmaps.get(&ObjectRef::new(cm_name).within(ns)) {
             Some(have) if have.labels().get(LABEL_AUTHORITY) != Some(&name) => report.conflicts.push(ns.clone()),
             Some(have) if satisfies(&have, &want) => report.namespaces_up_to_date += 1,
@@ -190,7 +283,7 @@ pub async fn publish(
     let hname = history_name(cm_name, bundle.version);
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     if !history.iter().any(|c| c.name_any() == hname) {
-        let mut cm = desired_configmap(auth, bundle, &ctx.namespace, &hname);
+        let mut cm = desired_configmap(auth, bundle, &truststores, &ctx.namespace, &hname);
         cm.metadata.labels.get_or_insert_default().insert(LABEL_HISTORY.into(), "true".into());
         cm.immutable = Some(true);
         report.writes += 1;

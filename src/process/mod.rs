@@ -217,6 +217,7 @@ fn context(
         failures: RwLock::default(),
         reported: RwLock::default(),
         reissue_limiters: RwLock::default(),
+        bundle_truststores: Default::default(),
         written_status: RwLock::default(),
         written_secrets: Default::default(),
     });

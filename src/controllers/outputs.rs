@@ -1,0 +1,190 @@
+//! The extra files an identity Secret carries when its spec asks (DESIGN §3): `keystore.p12` +
+//! `truststore.p12`, `keystore.jks` + `truststore.jks` (password from a Secret in the identity's
+//! namespace), `tls-combined.pem` and `key.der`. They are derived from `tls.key`, `tls.crt` and
+//! `ca.crt` and change exactly when those do: an existing keystore that opens with the current
+//! password to exactly the key, chain and bundle it should carry is kept byte for byte.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, ResourceExt};
+use sha2::{Digest, Sha256};
+
+use super::{Context, error::Error, identity::Problem};
+use crate::{
+    api::{MtlsIdentity, OutputFormatType, Pkcs12Profile, SecretKeySelector},
+    core::keystore::{self, Contents},
+};
+
+pub const KEYSTORE_P12: &str = "keystore.p12";
+pub const TRUSTSTORE_P12: &str = "truststore.p12";
+pub const KEYSTORE_JKS: &str = "keystore.jks";
+pub const TRUSTSTORE_JKS: &str = "truststore.jks";
+pub const COMBINED_PEM: &str = "tls-combined.pem";
+pub const KEY_DER: &str = "key.der";
+/// The files that follow the trust bundle (a bundle change rewrites them, nothing else).
+pub const TRUSTSTORES: [&str; 2] = [TRUSTSTORE_P12, TRUSTSTORE_JKS];
+/// Records how the keystores were asked for (profile, alias; never a password): a change
+/// rewrites them even when the old files still open.
+pub const ANN_OUTPUTS: &str = "mtls.io/keystore-config";
+const DEFAULT_JKS_ALIAS: &str = "certificate";
+/// How often an identity with keystores reads its password Secret again.
+pub const PASSWORD_RECHECK: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// What the identity asks for, with the passwords read.
+#[derive(Default)]
+pub struct Outputs {
+    pkcs12: Option<(String, Pkcs12Profile)>,
+    jks: Option<(String, String)>,
+    combined_pem: bool,
+    der: bool,
+}
+
+impl Outputs {
+    pub fn has_keystores(&self) -> bool {
+        self.pkcs12.is_some() || self.jks.is_some()
+    }
+
+    pub fn any(&self) -> bool {
+        self.pkcs12.is_some() || self.jks.is_some() || self.combined_pem || self.der
+    }
+
+    /// The annotation recording the keystore configuration, if any keystore is asked for.
+    pub fn config(&self) -> Option<String> {
+        if self.pkcs12.is_none() && self.jks.is_none() {
+            return None;
+        }
+        let p12 = self.pkcs12.as_ref().map(|(_, p)| format!("pkcs12={p:?}")).unwrap_or_default();
+        let jks = self.jks.as_ref().map(|(_, a)| format!("jks={a}")).unwrap_or_default();
+        Some(hex::encode(&Sha256::digest(format!("{p12};{jks}"))[..8]))
+    }
+}
+
+/// Reads the passwords the identity's keystores reference. A password Secret that is missing,
+/// lacks the key, holds an empty value or may not be read is a problem the user can fix; the
+/// message names the Secret and the key, never the value.
+pub async fn resolve(ctx: &Context, id: &MtlsIdentity) -> Result<Result<Outputs, Problem>, Error> {
+    let mut out = Outputs::default();
+    for f in &id.spec.additional_output_formats {
+        match f.type_ {
+            OutputFormatType::CombinedPem => out.combined_pem = true,
+            OutputFormatType::Der => out.der = true,
+        }
+    }
+    let Some(ks) = &id.spec.keystores else { return Ok(Ok(out)) };
+    let ns = id.namespace().unwrap_or_default();
+    if let Some(p) = ks.pkcs12.as_ref().filter(|p| p.create) {
+        match password(ctx, &ns, "spec.keystores.pkcs12.passwordSecretRef", &p.password_secret_ref).await? {
+            Ok(pw) => out.pkcs12 = Some((pw, p.profile)),
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+    if let Some(j) = ks.jks.as_ref().filter(|j| j.create) {
+        match password(ctx, &ns, "spec.keystores.jks.passwordSecretRef", &j.password_secret_ref).await? {
+            Ok(pw) => out.jks = Some((pw, j.alias.clone().unwrap_or_else(|| DEFAULT_JKS_ALIAS.into()))),
+            Err(problem) => return Ok(Err(problem)),
+        }
+    }
+    Ok(Ok(out))
+}
+
+async fn password(
+    ctx: &Context,
+    ns: &str,
+    field: &str,
+    r: &SecretKeySelector,
+) -> Result<Result<String, Problem>, Error> {
+    let (name, key) = (&r.name, &r.key);
+    let secret = match Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await {
+        Ok(s) => s,
+        Err(kube::Error::Api(ae)) if ae.code == 403 => {
+            return Ok(Err(Problem {
+                reason: "PasswordSecretForbidden",
+                message: format!(
+                    "the operator may not read Secret {ns}/{name} ({field}): {}; grant it get on Secrets in {ns}",
+                    ae.message
+                ),
+            }));
+        }
+        Err(e) => return Err(Error::kube("reading keystore password Secret")(e)),
+    };
+    let Some(secret) = secret else {
+        return Ok(Err(Problem {
+            reason: "PasswordSecretNotFound",
+            message: format!(
+                "Secret {ns}/{name} ({field}) does not exist; create it with the keystore password under key {key}"
+            ),
+        }));
+    };
+    let value = secret.data.as_ref().and_then(|d| d.get(key)).map(|b| b.0.as_slice());
+    match value.map(std::str::from_utf8) {
+        Some(Ok(pw)) if !pw.is_empty() => Ok(Ok(pw.to_string())),
+        Some(Ok(_)) => Ok(Err(Problem {
+            reason: "PasswordSecretKeyMissing",
+            message: format!("key {key} of Secret {ns}/{name} ({field}) is empty; put the keystore password there"),
+        })),
+        Some(Err(_)) => Ok(Err(Problem {
+            reason: "PasswordSecretInvalid",
+            message: format!("key {key} of Secret {ns}/{name} ({field}) is not UTF-8 text; a password must be"),
+        })),
+        None => Ok(Err(Problem {
+            reason: "PasswordSecretKeyMissing",
+            message: format!("Secret {ns}/{name} ({field}) has no key {key}; put the keystore password there"),
+        })),
+    }
+}
+
+/// The extra files for the key `tls_key` (PKCS#8 PEM), the chain `tls_crt` and the bundle
+/// `ca_crt`. Keystores in `existing` that already hold exactly this are reused as they are.
+pub fn files(
+    outputs: &Outputs,
+    tls_key: &str,
+    tls_crt: &str,
+    ca_crt: &str,
+    existing: Option<&Secret>,
+) -> Result<BTreeMap<String, ByteString>, Problem> {
+    let mut files = BTreeMap::new();
+    if !outputs.any() {
+        return Ok(files);
+    }
+    let bad = |m: String| Problem { reason: "KeystoreFailed", message: m };
+    let key = pem::parse(tls_key).map_err(|e| bad(format!("the private key cannot be re-encoded: {e}")))?;
+    let key = key.contents().to_vec();
+    let chain = crate::core::pki::parse_pem_certs("tls.crt", tls_crt).map_err(|e| bad(e.to_string()))?;
+    let roots = crate::core::pki::parse_pem_certs("ca.crt", ca_crt).map_err(|e| bad(e.to_string()))?;
+    if outputs.combined_pem {
+        files.insert(COMBINED_PEM.into(), ByteString(format!("{}{tls_crt}", ensure_newline(tls_key)).into_bytes()));
+    }
+    if outputs.der {
+        files.insert(KEY_DER.into(), ByteString(key.clone()));
+    }
+    let keyed = Contents::Key { key, chain };
+    let trusted = keystore::trust(&roots);
+    let same_config = existing.and_then(|s| s.annotations().get(ANN_OUTPUTS)) == outputs.config().as_ref();
+    let old =
+        |name: &str| existing.filter(|_| same_config).and_then(|s| s.data.as_ref()?.get(name)).map(|b| b.0.as_slice());
+    let fail = |e: keystore::KeystoreError| bad(e.to_string());
+    if let Some((pw, profile)) = &outputs.pkcs12 {
+        for (name, want) in [(KEYSTORE_P12, &keyed), (TRUSTSTORE_P12, &trusted)] {
+            let bytes = match old(name) {
+                Some(b) if keystore::pkcs12_holds(b, pw, want) => b.to_vec(),
+                _ => keystore::pkcs12(want, pw, *profile).map_err(fail)?,
+            };
+            files.insert(name.into(), ByteString(bytes));
+        }
+    }
+    if let Some((pw, alias)) = &outputs.jks {
+        for (name, want) in [(KEYSTORE_JKS, &keyed), (TRUSTSTORE_JKS, &trusted)] {
+            let bytes = match old(name) {
+                Some(b) if keystore::jks_holds(b, pw, alias, want) => b.to_vec(),
+                _ => keystore::jks(want, pw, alias, SystemTime::now()).map_err(fail)?,
+            };
+            files.insert(name.into(), ByteString(bytes));
+        }
+    }
+    Ok(files)
+}
+
+fn ensure_newline(s: &str) -> String {
+    if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
