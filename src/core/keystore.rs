@@ -259,7 +259,13 @@ mod tests {
         let (key, chain, ca) = chain();
         let leaf = chain[0].clone();
         let want = Contents::Key { key: key.clone(), chain };
-        let file = jks(&want, "pässword", "certificate", SystemTime::now()).unwrap();
+        let file = jks(
+            &want,
+            "pässword",
+            "certificate",
+            SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+        )
+        .unwrap();
         assert!(jks_holds(&file, "pässword", "certificate", &want));
         assert!(!jks_holds(&file, "pässword", "other", &want), "another alias is asked for");
         assert!(!jks_holds(&file, "password", "certificate", &want));
@@ -267,7 +273,9 @@ mod tests {
 
         let (_, ca2) = cert("ca2");
         let t = trust(&[ca2.clone(), ca.clone()]);
-        let file = jks(&t, "changeit", "unused", SystemTime::now()).unwrap();
+        let file =
+            jks(&t, "changeit", "unused", SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000))
+                .unwrap();
         assert!(jks_holds(&file, "changeit", "unused", &t));
         assert_eq!(open_jks(&file, "changeit"), Some(trust(&[ca, ca2])), "order does not matter");
         let stale = trust(&[leaf]);
