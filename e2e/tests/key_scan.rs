@@ -244,6 +244,10 @@ impl Index {
             ("hex".into(), hex(&key.der, &id, false)),
             ("HEX".into(), hex(&key.der, &id, true)),
             ("byte list".into(), decimal(&key.der, &id)),
+            // Base64 of a larger blob with the DER inside at any offset (a keystore's base64 in
+            // a Secret's JSON): the characters from the first 3-byte boundary on.
+            ("base64 of a blob, DER at offset 2 mod 3".into(), b64(&key.der[1..], &id[1..], B64, true)),
+            ("base64 of a blob, DER at offset 1 mod 3".into(), b64(&key.der[2..], &id[2..], B64, true)),
         ];
         // The PEM text itself base64-encoded, as a Secret's `data` is in JSON.
         {
@@ -381,6 +385,36 @@ impl Index {
         // One finding per (key, encoding): the first line it appears on.
         let mut seen = std::collections::HashSet::new();
         found.into_iter().filter(|f| seen.insert((f.key.clone(), f.encoding.clone()))).collect()
+    }
+}
+
+/// How many bytes of a secret component, verbatim, make a binary finding.
+const BINARY_RUN: usize = 16;
+
+impl Index {
+    /// Binary data (a file a Secret holds: a keystore, `key.der`): a key's secret components
+    /// appear in it verbatim (a run of `BINARY_RUN` bytes from any of them), as in a DER key or
+    /// an unencrypted store.
+    pub fn scan_binary(&self, source: &str, data: &[u8]) -> Vec<Finding> {
+        let mut found = vec![];
+        for key in &self.keys {
+            let hit = key.secrets.iter().any(|&(s, e)| {
+                let part = &key.der[s..e];
+                part.len() >= BINARY_RUN
+                    && (0..=part.len() - BINARY_RUN)
+                        .step_by(BINARY_RUN / 2)
+                        .any(|o| data.windows(BINARY_RUN).any(|w| w == &part[o..o + BINARY_RUN]))
+            });
+            if hit {
+                found.push(Finding {
+                    source: source.into(),
+                    line: 0,
+                    key: key.label.clone(),
+                    encoding: "raw bytes of its secret".into(),
+                });
+            }
+        }
+        found
     }
 }
 

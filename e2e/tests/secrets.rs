@@ -375,6 +375,24 @@ async fn no_private_key_material_in_logs_events_status_or_metrics() {
     for i in 0..algs.len() {
         wait_identity_ready(&client, &ns, &format!("id{i}")).await;
     }
+    // Keystores and the extra files (issue 23): the key in more encodings, under a password that
+    // must not appear anywhere either. On the authority that rotates in part 2.
+    let ks_password = format!("pw-{run}-Zq9vT3kW");
+    let pw_secret = secret("ks-password", &[("password", &ks_password)]);
+    Api::<Secret>::namespaced(client.clone(), &ns).create(&PostParams::default(), &pw_secret).await.unwrap();
+    let pw_ref = json!({"name": "ks-password", "key": "password"});
+    for (name, alg, profile) in [("ks0", "RSA-2048", "Modern2023"), ("ks1", "Ed25519", "LegacyDES")] {
+        let obj: MtlsIdentity = serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"authorityRef": p384, "privateKey": {"algorithm": alg},
+                     "keystores": {"pkcs12": {"create": true, "passwordSecretRef": pw_ref, "profile": profile},
+                                   "jks": {"create": true, "passwordSecretRef": pw_ref}},
+                     "additionalOutputFormats": [{"type": "CombinedPEM"}, {"type": "DER"}]}}))
+        .unwrap();
+        ids.create(&PostParams::default(), &obj).await.unwrap();
+    }
+    for name in ["ks0", "ks1"] {
+        wait_identity_ready(&client, &ns, name).await;
+    }
 
     // Supplied CAs that are wrong in ways that make the operator talk about keys.
     let (good_crt, good_key) = mtls_operator::core::pki::generate_ca(
@@ -511,13 +529,27 @@ async fn no_private_key_material_in_logs_events_status_or_metrics() {
         (format!("operator log, JSON ({})", json_log.display()), std::fs::read(&json_log).unwrap()),
         ("/metrics".into(), metrics.join("\n").into_bytes()),
     ];
-    // Identity Secrets as workloads see them, minus their own key: tls.crt, ca.crt, metadata.
+    // Identity Secrets as workloads see them, minus the files that are the key (tls.key,
+    // tls-combined.pem, key.der): tls.crt, ca.crt, the encrypted keystores, metadata. The
+    // keystores are also searched as the binary files they are; key.der proves that search.
     let mut public = vec![];
+    let (mut binaries, mut der_files) = (vec![], vec![]);
     for s in Api::<Secret>::namespaced(client.clone(), &ns).list(&ListParams::default()).await.unwrap() {
         let mut s = s;
         s.metadata.managed_fields = None;
+        let secret_name = s.name_any();
         if let Some(data) = s.data.as_mut() {
-            data.remove("tls.key");
+            for k in ["tls.key", "tls-combined.pem"] {
+                data.remove(k);
+            }
+            if let Some(der) = data.remove("key.der") {
+                der_files.push((format!("{secret_name}/key.der"), der.0));
+            }
+            for k in ["keystore.p12", "truststore.p12", "keystore.jks", "truststore.jks"] {
+                if let Some(b) = data.get(k) {
+                    binaries.push((format!("{secret_name} [{k}]"), b.0.clone()));
+                }
+            }
         }
         public.push(serde_json::to_string(&s).unwrap());
         for k in ["tls.crt", "ca.crt"] {
@@ -551,6 +583,12 @@ async fn no_private_key_material_in_logs_events_status_or_metrics() {
     }
     let index = scan::Index::new(keys);
     eprintln!("{} needles of {} characters", index.needles, scan::WINDOW);
+    assert_eq!(binaries.len(), 8, "the keystore identities' four stores each: {binaries:?}");
+    assert_eq!(der_files.len(), 2);
+    // Self-check of the binary search: each key.der holds its key.
+    for (name, der) in &der_files {
+        assert!(!index.scan_binary(name, der).is_empty(), "self-check: the binary search missed the key in {name}");
+    }
 
     // ---- Self-check: the search finds a key planted in a copy of the log, in several forms ----
     let plant_keys: Vec<&scan::Key> =
@@ -609,13 +647,40 @@ async fn no_private_key_material_in_logs_events_status_or_metrics() {
     let near_miss = index.scan("near miss", format!("seed {}\n", hex::encode(&flipped[..20])).as_bytes());
     assert!(near_miss.is_empty(), "self-check: a 20-byte fragment with a flipped bit matched: {near_miss:?}");
 
+    // ... a key's DER inside a larger blob at each offset, base64-encoded as a Secret's JSON has it...
+    for pad in 0..3 {
+        let mut blob = vec![7u8; pad + 5];
+        blob.extend_from_slice(&ec.der);
+        let found = index.scan("blob", scan::base64(&blob).as_bytes());
+        assert!(found.iter().any(|f| f.key == ec.label), "self-check: missed the DER at offset {} of a blob", pad + 5);
+    }
+    // ... and the keystore password, also inside a JSON-escaped log line.
+    let password_in = |text: &[u8]| {
+        let (norm, _) = scan::normalize(text);
+        String::from_utf8_lossy(&norm).contains(&ks_password)
+    };
+    let planted = format!("{{\"fields\":{{\"args\":\"--password\\n{ks_password}\"}}}}\n");
+    assert!(password_in(planted.as_bytes()), "self-check: the password search missed {planted}");
+
     // ---- The search ----
     let mut leaks = vec![];
     for (name, text) in &sources {
         eprintln!("searching {name}: {} bytes", text.len());
         assert!(!text.is_empty(), "{name} is empty: nothing was searched");
         leaks.extend(index.scan(name, text));
+        if password_in(text) {
+            leaks.push(scan::Finding {
+                source: name.clone(),
+                line: 0,
+                key: "the keystore password".into(),
+                encoding: "plain".into(),
+            });
+        }
     }
+    for (name, data) in &binaries {
+        leaks.extend(index.scan_binary(name, data));
+    }
+    eprintln!("searched {} keystores as binary files too", binaries.len());
     // The logs really are at trace level, from the operator's dependencies too.
     for (name, log) in &sources[..2] {
         let log = String::from_utf8_lossy(log);
