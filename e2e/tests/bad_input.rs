@@ -321,6 +321,24 @@ async fn bad_input_is_refused_or_reported_and_never_stalls_issuance() {
         refused("usage-unknown", id(json!({"usages": ["CodeSigning"]})), "supported values"),
         refused("usage-none", id(json!({"usages": []})), "should have at least 1 items"),
         refused("usage-repeated", id(json!({"usages": ["ClientAuth", "ClientAuth"]})), "usages must not repeat"),
+        // ---- Keystores and extra files ----
+        refused(
+            "output-format-repeated",
+            id(json!({"additionalOutputFormats": [{"type": "DER"}, {"type": "DER"}]})),
+            "must not list a type twice",
+        ),
+        refused("output-format-unknown", id(json!({"additionalOutputFormats": [{"type": "PEM"}]})), "supported values"),
+        refused(
+            "keystore-profile-unknown",
+            id(json!({"keystores": {"pkcs12": {"create": true, "profile": "Modern2019",
+                "passwordSecretRef": {"name": "pw", "key": "password"}}}})),
+            "supported values",
+        ),
+        refused(
+            "keystore-no-password-ref",
+            id(json!({"keystores": {"jks": {"create": true}}})),
+            "passwordSecretRef: Required value",
+        ),
         // ---- Identity, authority and Secret names ----
         refused(
             "spiffe-id-injected",
@@ -419,6 +437,11 @@ async fn bad_input_is_refused_or_reported_and_never_stalls_issuance() {
             Object::Authority(json!({"rotation": {"reissueRate": 0}})),
             "spec.rotation.reissueRate",
         ),
+        refused(
+            "authority-truststore-key-ca-crt",
+            Object::Authority(json!({"trustBundle": {"additionalFormats": {"pkcs12": {"key": "ca.crt"}}}})),
+            "must not be ca.crt or version",
+        ),
         not_ready(
             "authority-bad-selector",
             Object::Authority(json!({"policy": {"namespaceSelector": {"matchExpressions": [
@@ -470,8 +493,9 @@ async fn bad_input_is_refused_or_reported_and_never_stalls_issuance() {
                     };
                     ca_secrets.create(&PostParams::default(), &secret).await.unwrap();
                 }
-                spec["trustBundle"] = json!({"configMapName": format!("{name}-bundle"),
-                    "namespaceSelector": {"matchLabels": {"mtls-e2e/bundle": name}}});
+                // Its bundle only where this test looks (the case's other bundle fields kept).
+                spec["trustBundle"]["configMapName"] = format!("{name}-bundle").into();
+                spec["trustBundle"]["namespaceSelector"] = json!({"matchLabels": {"mtls-e2e/bundle": name}});
                 let r = apply(&auths, "MtlsAuthority", &name, &spec).await;
                 if r.is_ok() {
                     guards.push(TestAuthority { name: name.clone() });
