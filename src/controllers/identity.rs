@@ -496,13 +496,22 @@ async fn reconcile_now(id: Arc<MtlsIdentity>, ctx: Arc<Context>, stores: &Stores
         // A new trust bundle reaching the Secret is the authority's change (it emits
         // BundlePublished once); anything else we had to put back is a repair worth an Event.
         None if secret_written && !only_bundle_changed(existing.as_ref(), &desired_secret) => {
-            ctx.event(
-                &id.object_ref(&()),
-                false,
-                "SecretRepaired",
-                format!("restored Secret {sname} (its data or metadata had been changed)"),
-            )
-            .await;
+            let (reason, note) = match outputs::change(existing.as_ref(), &desired_secret) {
+                Some(outputs::Change::Asked(files)) => (
+                    "SecretUpdated",
+                    format!(
+                        "Secret {sname} now carries what spec.keystores and spec.additionalOutputFormats ask for: {files}"
+                    ),
+                ),
+                Some(outputs::Change::Rewritten) => (
+                    "KeystoresRewritten",
+                    format!(
+                        "rewrote the keystores in Secret {sname}: their password changed, or they had been altered"
+                    ),
+                ),
+                None => ("SecretRepaired", format!("restored Secret {sname} (its data or metadata had been changed)")),
+            };
+            ctx.event(&id.object_ref(&()), false, reason, note).await;
         }
         None => {}
     }

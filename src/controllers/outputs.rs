@@ -185,6 +185,79 @@ pub fn files(
     Ok(files)
 }
 
+/// Every file this module may add to a Secret.
+pub const ALL: [&str; 6] = [KEYSTORE_P12, TRUSTSTORE_P12, KEYSTORE_JKS, TRUSTSTORE_JKS, COMBINED_PEM, KEY_DER];
+
+/// How a Secret rewritten without a new certificate differs only in its extra files.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The spec asks for other files, or for them differently (names the files now carried).
+    Asked(String),
+    /// The same files, written again: a new password, or files someone altered.
+    Rewritten,
+}
+
+/// `Some` when `want` differs from `have` in the extra files and their annotation only.
+pub fn change(have: Option<&Secret>, want: &Secret) -> Option<Change> {
+    let have = have?;
+    let strip = |s: &Secret| {
+        let mut s = s.clone();
+        for f in ALL {
+            s.data.get_or_insert_default().remove(f);
+        }
+        s.metadata.annotations.get_or_insert_default().remove(ANN_OUTPUTS);
+        (s.data, s.metadata.annotations, s.metadata.labels)
+    };
+    if strip(have) != strip(want) {
+        return None;
+    }
+    let files = |s: &Secret| -> Vec<&str> {
+        ALL.into_iter().filter(|f| s.data.as_ref().is_some_and(|d| d.contains_key(*f))).collect()
+    };
+    let config = |s: &Secret| s.annotations().get(ANN_OUTPUTS).cloned();
+    if files(have) != files(want) || config(have) != config(want) {
+        let now = files(want);
+        Some(Change::Asked(if now.is_empty() { "no extra files".into() } else { now.join(", ") }))
+    } else {
+        Some(Change::Rewritten)
+    }
+}
+
 fn ensure_newline(s: &str) -> String {
     if s.ends_with('\n') { s.to_string() } else { format!("{s}\n") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(files: &[(&str, &[u8])], config: Option<&str>) -> Secret {
+        let mut s = Secret::default();
+        let mut data: BTreeMap<String, ByteString> = [("tls.crt", b"crt".as_slice()), ("tls.key", b"key")]
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.to_vec())))
+            .collect();
+        data.extend(files.iter().map(|(k, v)| (k.to_string(), ByteString(v.to_vec()))));
+        s.data = Some(data);
+        if let Some(c) = config {
+            s.metadata.annotations = Some([(ANN_OUTPUTS.to_string(), c.to_string())].into());
+        }
+        s
+    }
+
+    #[test]
+    fn tells_a_spec_change_from_a_rewrite_from_a_repair() {
+        let plain = secret(&[], None);
+        let with = secret(&[(KEYSTORE_P12, b"a"), (TRUSTSTORE_P12, b"b")], Some("c1"));
+        assert_eq!(change(Some(&plain), &with), Some(Change::Asked("keystore.p12, truststore.p12".into())));
+        assert_eq!(change(Some(&with), &plain), Some(Change::Asked("no extra files".into())));
+        let reprofiled = secret(&[(KEYSTORE_P12, b"a"), (TRUSTSTORE_P12, b"b")], Some("c2"));
+        assert!(matches!(change(Some(&with), &reprofiled), Some(Change::Asked(_))));
+        let rewritten = secret(&[(KEYSTORE_P12, b"x"), (TRUSTSTORE_P12, b"y")], Some("c1"));
+        assert_eq!(change(Some(&with), &rewritten), Some(Change::Rewritten));
+        let mut tampered = with.clone();
+        tampered.data.as_mut().unwrap().insert("tls.key".into(), ByteString(b"other".to_vec()));
+        assert_eq!(change(Some(&tampered), &with), None, "a changed tls.key is a repair");
+        assert_eq!(change(None, &with), None);
+    }
 }
