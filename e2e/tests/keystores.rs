@@ -132,14 +132,20 @@ async fn authority(client: &Client, label: &str, rotation: serde_json::Value) ->
     auth
 }
 
-#[tokio::test]
-async fn keystores_are_read_by_keytool_jsse_and_openssl_and_unchanged_inputs_rewrite_nothing() {
+/// The shared operator, an authority as `authority` makes it, and a namespace its bundle reaches.
+async fn setup(prefix: &str, rotation: serde_json::Value) -> (Client, TestAuthority, TestNamespace, String) {
     harness::operator().await;
     let client = harness::client().await;
     let label = format!("{:06x}", harness::rand_u32() & 0xffffff);
-    let auth = authority(&client, &label, json!({})).await;
-    let ns = TestNamespace::new(&client, "keystores").await;
+    let auth = authority(&client, &label, rotation).await;
+    let ns = TestNamespace::new(&client, prefix).await;
     harness::label_namespace(&client, &ns.name, "mtls-e2e/ks", Some(&label)).await;
+    (client, auth, ns, label)
+}
+
+#[tokio::test]
+async fn keystores_are_read_by_keytool_jsse_and_openssl_and_unchanged_inputs_rewrite_nothing() {
+    let (client, auth, ns, label) = setup("keystores", json!({})).await;
     password_secret(&client, &ns.name, "keystore-password", "password", PASSWORD).await;
     let formats = json!([{"type": "CombinedPEM"}, {"type": "DER"}]);
     create_identity(
@@ -270,12 +276,7 @@ async fn keystores_are_read_by_keytool_jsse_and_openssl_and_unchanged_inputs_rew
 
 #[tokio::test]
 async fn truststores_follow_a_ca_rotation_and_jsse_keeps_handshaking() {
-    harness::operator().await;
-    let client = harness::client().await;
-    let label = format!("{:06x}", harness::rand_u32() & 0xffffff);
-    let auth = authority(&client, &label, json!({"propagationDelay": "2s", "reissueRate": 50})).await;
-    let ns = TestNamespace::new(&client, "ks-rotation").await;
-    harness::label_namespace(&client, &ns.name, "mtls-e2e/ks", Some(&label)).await;
+    let (client, auth, ns, label) = setup("ks-rotation", json!({"propagationDelay": "2s", "reissueRate": 50})).await;
     password_secret(&client, &ns.name, "keystore-password", "password", PASSWORD).await;
     for (id, spec) in [("web", json!({"serviceNames": ["web"]})), ("client", json!({}))] {
         let mut spec = spec;
@@ -381,12 +382,7 @@ fn keytool_alias(path: &Path) -> String {
 
 #[tokio::test]
 async fn a_missing_password_secret_or_key_is_a_precise_reason_and_loses_nothing() {
-    harness::operator().await;
-    let client = harness::client().await;
-    let label = format!("{:06x}", harness::rand_u32() & 0xffffff);
-    let auth = authority(&client, &label, json!({})).await;
-    let ns = TestNamespace::new(&client, "ks-password").await;
-    harness::label_namespace(&client, &ns.name, "mtls-e2e/ks", Some(&label)).await;
+    let (client, auth, ns, _) = setup("ks-password", json!({})).await;
     create_identity(&client, &ns.name, "web", &auth.name, json!({"keystores": keystores(None, "Modern2023")})).await;
     let id = wait_identity_reason(&client, &ns.name, "web", "PasswordSecretNotFound").await;
     let msg = &id.status.unwrap().conditions[0].message;
