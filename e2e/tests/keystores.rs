@@ -20,7 +20,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
-use mtls_operator::api::MtlsIdentity;
+use mtls_operator::api::{MtlsAuthority, MtlsIdentity};
 use serde_json::json;
 
 use crate::{
@@ -272,6 +272,23 @@ async fn keystores_are_read_by_keytool_jsse_and_openssl_and_unchanged_inputs_rew
         assert!(keytool_list(&r.join(f), "n3w-password").is_ok(), "{f} is not under the new password");
         assert!(keytool_list(&r.join(f), PASSWORD).is_err(), "{f} still opens with the old password");
     }
+
+    // The authority stops asking for truststores: they leave every bundle ConfigMap (even those
+    // it created rather than applied), and then nothing is written again and again.
+    let auths: Api<MtlsAuthority> = Api::all(client.clone());
+    let off = json!({"spec": {"trustBundle": {"additionalFormats": null}}});
+    auths.patch(&auth.name, &PatchParams::default(), &Patch::Merge(&off)).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    let plain = harness::wait_for(Duration::from_secs(30), || {
+        let cms = cms.clone();
+        let name = cm.name_any();
+        async move { cms.get(&name).await.ok().filter(|c| c.binary_data.as_ref().is_none_or(|b| b.is_empty())) }
+    })
+    .await
+    .expect("the truststores left the bundle ConfigMap");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = cms.get(&cm.name_any()).await.unwrap();
+    assert_eq!(later.resource_version(), plain.resource_version(), "the bundle ConfigMap keeps being rewritten");
 }
 
 #[tokio::test]

@@ -222,15 +222,39 @@ pub async fn publish(
         match caches.configmaps.get(&ObjectRef::new(cm_name).within(ns)) {
             Some(have) if have.labels().get(LABEL_AUTHORITY) != Some(&name) => report.conflicts.push(ns.clone()),
             Some(have) if satisfies(&have, &want) => report.namespaces_up_to_date += 1,
-            have => work.push((ns.clone(), want, have.is_some())),
+            have => {
+                // binaryData keys the bundle no longer carries (truststore formats turned off or
+                // renamed): an apply leaves keys that a create wrote, so they are removed by name.
+                let stale: Vec<String> = have
+                    .as_ref()
+                    .and_then(|h| h.binary_data.as_ref())
+                    .into_iter()
+                    .flat_map(|b| b.keys())
+                    .filter(|k| want.binary_data.as_ref().is_none_or(|w| !w.contains_key(*k)))
+                    .cloned()
+                    .collect();
+                work.push((ns.clone(), want, have.is_some(), stale))
+            }
         }
     }
     let results: Vec<(String, Result<(), kube::Error>)> = stream::iter(work)
-        .map(|(ns, want, exists)| {
+        .map(|(ns, want, exists, stale)| {
             let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
             async move {
                 let r = if exists {
-                    api.patch(cm_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&want)).await.map(|_| ())
+                    let applied = api
+                        .patch(cm_name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&want))
+                        .await
+                        .map(|_| ());
+                    match applied {
+                        Ok(()) if !stale.is_empty() => {
+                            let gone: serde_json::Map<String, serde_json::Value> =
+                                stale.into_iter().map(|k| (k, serde_json::Value::Null)).collect();
+                            let patch = serde_json::json!({"binaryData": gone});
+                            api.patch(cm_name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ())
+                        }
+                        r => r,
+                    }
                 } else {
                     api.create(&PostParams { field_manager: Some(MANAGER.into()), ..Default::default() }, &want)
                         .await
