@@ -46,12 +46,12 @@ impl Outputs {
     }
 
     pub fn any(&self) -> bool {
-        self.pkcs12.is_some() || self.jks.is_some() || self.combined_pem || self.der
+        self.has_keystores() || self.combined_pem || self.der
     }
 
     /// The annotation recording the keystore configuration, if any keystore is asked for.
     pub fn config(&self) -> Option<String> {
-        if self.pkcs12.is_none() && self.jks.is_none() {
+        if !self.has_keystores() {
             return None;
         }
         let p12 = self.pkcs12.as_ref().map(|(_, p)| format!("pkcs12={p:?}")).unwrap_or_default();
@@ -73,14 +73,17 @@ pub async fn resolve(ctx: &Context, id: &MtlsIdentity) -> Result<Result<Outputs,
     }
     let Some(ks) = &id.spec.keystores else { return Ok(Ok(out)) };
     let ns = id.namespace().unwrap_or_default();
+    // Both stores usually name the same password Secret: it is read once.
+    let mut read: BTreeMap<String, Option<Secret>> = BTreeMap::new();
     if let Some(p) = ks.pkcs12.as_ref().filter(|p| p.create) {
-        match password(ctx, &ns, "spec.keystores.pkcs12.passwordSecretRef", &p.password_secret_ref).await? {
+        let r = &p.password_secret_ref;
+        match password(ctx, &mut read, &ns, "spec.keystores.pkcs12.passwordSecretRef", r).await? {
             Ok(pw) => out.pkcs12 = Some((pw, p.profile)),
             Err(problem) => return Ok(Err(problem)),
         }
     }
     if let Some(j) = ks.jks.as_ref().filter(|j| j.create) {
-        match password(ctx, &ns, "spec.keystores.jks.passwordSecretRef", &j.password_secret_ref).await? {
+        match password(ctx, &mut read, &ns, "spec.keystores.jks.passwordSecretRef", &j.password_secret_ref).await? {
             Ok(pw) => out.jks = Some((pw, j.alias.clone().unwrap_or_else(|| DEFAULT_JKS_ALIAS.into()))),
             Err(problem) => return Ok(Err(problem)),
         }
@@ -90,13 +93,21 @@ pub async fn resolve(ctx: &Context, id: &MtlsIdentity) -> Result<Result<Outputs,
 
 async fn password(
     ctx: &Context,
+    read: &mut BTreeMap<String, Option<Secret>>,
     ns: &str,
     field: &str,
     r: &SecretKeySelector,
 ) -> Result<Result<String, Problem>, Error> {
     let (name, key) = (&r.name, &r.key);
-    let secret = match Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await {
-        Ok(s) => s,
+    let fetched = match read.get(name) {
+        Some(s) => Ok(s.clone()),
+        None => Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await,
+    };
+    let secret = match fetched {
+        Ok(s) => {
+            read.insert(name.clone(), s.clone());
+            s
+        }
         Err(kube::Error::Api(ae)) if ae.code == 403 => {
             return Ok(Err(Problem {
                 reason: "PasswordSecretForbidden",
