@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 use super::error::Error;
 use super::outputs;
 use super::{
-    ANN_BUNDLE_VERSION, ANN_ISSUER, ANN_NOT_AFTER, ANN_RENEWAL_TIME, ANN_SERIAL, ANN_SPEC_HASH, ANN_SPIFFE_ID,
-    AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition, parse_rfc3339,
-    rfc3339,
+    ANN_BUNDLE_VERSION, ANN_ISSUER, ANN_NOT_AFTER, ANN_RENEW_REQUESTED, ANN_RENEWAL_TIME, ANN_SERIAL, ANN_SPEC_HASH,
+    ANN_SPIFFE_ID, AuthorityState, Context, LABEL_AUTHORITY, LABEL_IDENTITY, LABEL_MANAGED_BY, MANAGER, condition,
+    parse_rfc3339, rfc3339,
 };
 use crate::{
     api::{KeyAlgorithm, MtlsIdentity, MtlsIdentityStatus, Usage},
@@ -56,6 +56,8 @@ pub enum IssueKind {
     Reissue,
     /// The Secret's certificate or key was damaged or does not match what it should be.
     Repair,
+    /// Asked for with the `mtls.io/renew-requested` annotation (`kubectl mtls renew`).
+    Requested,
 }
 
 impl IssueKind {
@@ -65,6 +67,7 @@ impl IssueKind {
             IssueKind::Renewal => "Renewed",
             IssueKind::Reissue => "Reissued",
             IssueKind::Repair => "Repaired",
+            IssueKind::Requested => "RenewedOnRequest",
         }
     }
     pub fn label(self) -> &'static str {
@@ -73,6 +76,7 @@ impl IssueKind {
             IssueKind::Renewal => "renewal",
             IssueKind::Reissue => "reissue",
             IssueKind::Repair => "repair",
+            IssueKind::Requested => "requested",
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct Desired {
     pub renew_before: Duration,
     /// Hash of everything above plus the signer: a change means re-issue.
     pub spec_hash: String,
+    /// The identity's `mtls.io/renew-requested` value: a Secret that does not answer it is renewed.
+    pub renew_request: Option<String>,
 }
 
 impl Desired {
@@ -179,7 +185,8 @@ pub fn desired(
         auth.signer.facts.fingerprint
     ));
     let spec_hash = hex::encode(&h.finalize()[..16]);
-    Ok(Desired { subject, usages, algorithm, duration: dur, renew_before, spec_hash })
+    let renew_request = id.annotations().get(ANN_RENEW_REQUESTED).filter(|v| !v.is_empty()).cloned();
+    Ok(Desired { subject, usages, algorithm, duration: dur, renew_before, spec_hash, renew_request })
 }
 
 fn data_str<'a>(s: &'a Secret, key: &str) -> Option<&'a str> {
@@ -243,6 +250,9 @@ pub fn assess(
         auth.signer.chain_pem.iter().filter_map(|p| pki::parse_pem_certs("chain", p).ok()).flatten().collect();
     if leaf.chain_der != want_chain {
         return Err(IssueKind::Repair);
+    }
+    if want.renew_request.is_some() && secret.annotations().get(ANN_RENEW_REQUESTED) != want.renew_request.as_ref() {
+        return Err(IssueKind::Requested);
     }
     let renewal = renewal_of(&leaf.facts, want.renew_before);
     if now >= renewal || now >= leaf.facts.not_after {
@@ -312,6 +322,9 @@ pub fn build_secret(
         (ANN_SPEC_HASH, want.spec_hash.clone()),
     ] {
         annotations.insert(k.into(), v);
+    }
+    if let Some(r) = &want.renew_request {
+        annotations.insert(ANN_RENEW_REQUESTED.into(), r.clone());
     }
     match extra.config {
         Some(c) => annotations.insert(outputs::ANN_OUTPUTS.into(), c),
@@ -859,6 +872,19 @@ mod tests {
         let mut emptied = secret.clone();
         emptied.data.as_mut().unwrap().remove("tls.crt");
         assert_eq!(assess(Some(&emptied), &want, &auth, now).err(), Some(IssueKind::Repair));
+        // A renewal request: renewed once, then the Secret answers it and is kept.
+        let mut asked = id.clone();
+        asked.annotations_mut().insert(ANN_RENEW_REQUESTED.into(), "2030-03-17T00:00:00Z".into());
+        let want_asked = desired(&asked, "a", &auth, &BTreeMap::new()).unwrap();
+        assert_eq!(assess(Some(&secret), &want_asked, &auth, now).err(), Some(IssueKind::Requested));
+        let answered = issued_secret(&asked, &auth, &want_asked, now);
+        assert!(assess(Some(&answered), &want_asked, &auth, now).is_ok(), "the request is answered once");
+        let mut again = asked.clone();
+        again.annotations_mut().insert(ANN_RENEW_REQUESTED.into(), "2030-03-17T00:05:00Z".into());
+        let want_again = desired(&again, "a", &auth, &BTreeMap::new()).unwrap();
+        assert_eq!(assess(Some(&answered), &want_again, &auth, now).err(), Some(IssueKind::Requested));
+        // Removing the annotation asks for nothing.
+        assert!(assess(Some(&answered), &want, &auth, now).is_ok());
     }
 
     #[test]

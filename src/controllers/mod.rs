@@ -47,6 +47,9 @@ pub const ANN_BUNDLE_VERSION: &str = "mtls.io/bundle-version";
 pub const ANN_BUNDLE_SHA256: &str = "mtls.io/bundle-sha256";
 pub const ANN_SPEC_HASH: &str = "mtls.io/spec-hash";
 pub const ANN_FINGERPRINT: &str = "mtls.io/fingerprint";
+/// On an `MtlsIdentity`: a request to re-issue now with a fresh key (any new value; `kubectl mtls
+/// renew` writes the time). On its Secret: the request the certificate in it answers.
+pub const ANN_RENEW_REQUESTED: &str = "mtls.io/renew-requested";
 
 /// Label selector for every object this operator writes.
 pub fn managed_selector() -> String {

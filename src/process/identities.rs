@@ -10,7 +10,7 @@ use kube::{
     Api, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt, predicates,
+        Controller, WatchStreamExt,
         reflector::{self, ObjectRef, Store},
         utils::PredicateConfig,
         watcher,
@@ -53,7 +53,7 @@ pub(super) fn start(
             move |id: &MtlsIdentity| ctx.forget_identity(id)
         })),
     )
-    .predicate_filter(predicates::generation, PredicateConfig::default())
+    .predicate_filter(spec_or_renew_request, PredicateConfig::default())
     .filter_map({
         let queue = queue.clone();
         move |event| {
@@ -142,6 +142,16 @@ pub(super) fn start(
 /// The Secrets this operator manages (metadata only, label-filtered), fed into `cache`. Each
 /// (re)list is announced on `relisted`: a Secret deleted while the watch was down shows up only as
 /// missing from the new list, so identities whose Secret is missing are queued then.
+/// What queues an identity when its own object changes: its generation (the spec) and its renewal
+/// request (`mtls.io/renew-requested`, an annotation, which does not bump the generation).
+fn spec_or_renew_request(id: &MtlsIdentity) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.metadata.generation.hash(&mut h);
+    id.annotations().get(crate::controllers::ANN_RENEW_REQUESTED).hash(&mut h);
+    Some(h.finish())
+}
+
 fn owned_secrets(
     w: &Wiring,
     cache: Arc<SecretCache>,

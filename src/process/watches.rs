@@ -43,7 +43,13 @@ pub(super) fn slim_identity(id: &mut MtlsIdentity) {
     let m = &mut id.metadata;
     m.managed_fields = None;
     m.labels = None;
-    m.annotations = None;
+    // Only the renewal request is read from an identity's annotations (`kubectl mtls renew`).
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| k == crate::controllers::ANN_RENEW_REQUESTED);
+    }
+    if m.annotations.as_ref().is_some_and(|a| a.is_empty()) {
+        m.annotations = None;
+    }
     m.owner_references = None;
     m.creation_timestamp = None;
     m.generate_name = None;
