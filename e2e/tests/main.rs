@@ -9,6 +9,7 @@ mod fixtures;
 mod foundation;
 mod issuance;
 mod keystores;
+mod plugin;
 mod recreate;
 mod renewal;
 mod rotation;

@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod duration;
+pub mod handshake;
 pub mod keystore;
 pub mod pki;
 pub mod policy;
