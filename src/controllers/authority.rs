@@ -403,7 +403,8 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
     let (extra, missing) = additional_cas(&ctx, &auth).await?;
     let bundle = bundle::assemble(&own_roots, &extra, now, status.bundle.as_ref());
     let new_version = status.bundle.as_ref().is_none_or(|b| b.version != bundle.version);
-    ctx.metrics.set_authority(&name, signer.facts.not_after.as_second(), bundle.version);
+    let auto_at = signer.facts.not_after.as_second() - auto_rotate_before(&auth, &signer).as_secs() as i64;
+    ctx.metrics.set_authority(&name, signer.facts.not_after.as_second(), auto_at, bundle.version);
 
     // Identities learn of the signer and bundle of the persisted state before anything else.
     ctx.publish_authority(
@@ -454,6 +455,12 @@ async fn reconcile_authority(auth: Arc<MtlsAuthority>, ctx: Arc<Context>, caches
 /// What the rotation machine sees (pure): the spec's trigger and action, whether the CA is due
 /// for auto-rotation or the supplied one changed, and how far the bundle and the re-issue have
 /// got. Also returns `autoRotateBefore` (default: a third of the CA's lifetime).
+/// `rotation.autoRotateBefore`, or a third of the signing CA's lifetime.
+fn auto_rotate_before(auth: &MtlsAuthority, signer: &SigningCa) -> Duration {
+    let lifetime = signer.facts.not_after.duration_since(signer.facts.not_before).unsigned_abs();
+    auth.spec.rotation.auto_rotate_before.as_deref().and_then(|d| duration::parse(d).ok()).unwrap_or(lifetime / 3)
+}
+
 fn observe(
     auth: &MtlsAuthority,
     state: &RotationState,
@@ -464,9 +471,7 @@ fn observe(
     now: Timestamp,
 ) -> (Observed, Duration) {
     let propagation_delay = duration::parse(&auth.spec.rotation.propagation_delay).unwrap_or(Duration::from_secs(180));
-    let lifetime = signer.facts.not_after.duration_since(signer.facts.not_before).unsigned_abs();
-    let auto_before =
-        auth.spec.rotation.auto_rotate_before.as_deref().and_then(|d| duration::parse(d).ok()).unwrap_or(lifetime / 3);
+    let auto_before = auto_rotate_before(auth, signer);
     let known: Vec<&str> = cas.values().map(|c| c.facts.fingerprint.as_str()).collect();
     let obs = Observed {
         now,
@@ -609,7 +614,7 @@ async fn announce(
 ) {
     let name = auth.name_any();
     if let Some(t) = transition {
-        ctx.metrics.phase_changed(&name, t.to.as_str());
+        ctx.metrics.phase_changed(&name, t.to.as_str(), next.phase_since);
         let note = format!("{} -> {}: {}", t.from.as_str(), t.to.as_str(), t.why);
         tracing::info!(authority = %name, "{note}");
         ctx.event(&auth.object_ref(&()), false, "RotationPhase", note).await;
@@ -618,7 +623,7 @@ async fn announce(
             mark_retired(ctx, &name, rotated_from).await;
         }
     } else {
-        ctx.metrics.phase_changed(&name, next.phase.as_str());
+        ctx.metrics.phase_changed(&name, next.phase.as_str(), next.phase_since);
     }
     if let Some(bundle) = published {
         let note = format!("trust bundle version {} ({} certificates) published", bundle.version, bundle.members.len());

@@ -752,6 +752,12 @@ async fn not_ready(
     let prev = status.conditions.iter().find(|c| c.type_ == "Ready");
     let in_status = prev.is_some_and(|c| c.status == "False" && c.reason == p.reason && c.message == p.message);
     let is_new = ctx.note_problem(&key_of(id), p.reason, &p.message) && !in_status;
+    ctx.metrics.identity_not_ready(
+        &id.namespace().unwrap_or_default(),
+        &id.name_any(),
+        &id.spec.authority_ref,
+        p.reason,
+    );
     let mut new_status = status.clone();
     new_status.conditions =
         vec![condition(&status.conditions, "Ready", false, p.reason, p.message.clone(), id.metadata.generation, now)];

@@ -31,6 +31,14 @@ pub struct IdentityLabels {
     pub name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotReadyLabels {
+    pub namespace: String,
+    pub name: String,
+    pub authority: String,
+    pub reason: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub reconciles: Counter,
@@ -42,6 +50,13 @@ pub struct Metrics {
     pub identity_renewal: Family<IdentityLabels, Gauge>,
     pub identity_failures: Family<IdentityLabels, Gauge>,
     pub identity_last_failure: Family<IdentityLabels, Gauge>,
+    /// 1 per identity that is not Ready, labelled with the reason; only those have a series.
+    pub identity_not_ready: Family<NotReadyLabels, Gauge>,
+    /// The reason each not-Ready identity's series carries (to remove it when the reason changes).
+    not_ready_reasons: std::sync::Mutex<std::collections::HashMap<IdentityLabels, NotReadyLabels>>,
+    pub leader: Gauge,
+    pub phase_start: Family<AuthorityLabels, Gauge>,
+    pub auto_rotate_at: Family<AuthorityLabels, Gauge>,
     pub ca_expiry: Family<AuthorityLabels, Gauge>,
     pub bundle_version: Family<AuthorityLabels, Gauge>,
     pub bundle_namespaces: Family<RolloutLabels, Gauge>,
@@ -77,6 +92,11 @@ impl Default for Metrics {
             identity_renewal: Family::default(),
             identity_failures: Family::default(),
             identity_last_failure: Family::default(),
+            identity_not_ready: Family::default(),
+            not_ready_reasons: Default::default(),
+            leader: Gauge::default(),
+            phase_start: Family::default(),
+            auto_rotate_at: Family::default(),
             ca_expiry: Family::default(),
             bundle_version: Family::default(),
             bundle_namespaces: Family::default(),
@@ -127,6 +147,26 @@ impl Default for Metrics {
             "ca_expiry_timestamp_seconds",
             "notAfter of each authority's signing CA (Unix time)",
             m.ca_expiry.clone(),
+        );
+        registry.register(
+            "identity_not_ready",
+            "1 for each identity that is not Ready, with its authority and the Ready condition's reason (no series while Ready)",
+            m.identity_not_ready.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the leader-election Lease, or runs without election)",
+            m.leader.clone(),
+        );
+        registry.register(
+            "authority_phase_start_timestamp_seconds",
+            "When each authority entered its current rotation phase (Unix seconds)",
+            m.phase_start.clone(),
+        );
+        registry.register(
+            "ca_auto_rotate_timestamp_seconds",
+            "When each authority's active CA is due for rotation: its expiry minus rotation.autoRotateBefore (Unix seconds)",
+            m.auto_rotate_at.clone(),
         );
         registry.register("bundle_version", "Current trust bundle version of each authority", m.bundle_version.clone());
         registry.register(
@@ -183,6 +223,29 @@ impl Metrics {
         if let Some(g) = self.identity_failures.get(&l) {
             g.set(0);
         }
+        self.identity_ready(&l);
+    }
+
+    /// The identity is not Ready, for `reason`: its one not-Ready series says so.
+    pub fn identity_not_ready(&self, namespace: &str, name: &str, authority: &str, reason: &str) {
+        let l = IdentityLabels { namespace: namespace.into(), name: name.into() };
+        let want = NotReadyLabels {
+            namespace: namespace.into(),
+            name: name.into(),
+            authority: authority.into(),
+            reason: reason.into(),
+        };
+        let mut reasons = self.not_ready_reasons.lock().expect("not-ready map lock poisoned");
+        if let Some(old) = reasons.insert(l, want.clone()).filter(|old| *old != want) {
+            self.identity_not_ready.remove(&old);
+        }
+        self.identity_not_ready.get_or_create(&want).set(1);
+    }
+
+    fn identity_ready(&self, l: &IdentityLabels) {
+        if let Some(old) = self.not_ready_reasons.lock().expect("not-ready map lock poisoned").remove(l) {
+            self.identity_not_ready.remove(&old);
+        }
     }
 
     pub fn identity_failed(&self, namespace: &str, name: &str, consecutive: u32, at: i64) {
@@ -197,6 +260,7 @@ impl Metrics {
         self.identity_renewal.remove(&l);
         self.identity_failures.remove(&l);
         self.identity_last_failure.remove(&l);
+        self.identity_ready(&l);
     }
 
     pub fn set_bundle_rollout(&self, authority: &str, r: &crate::core::bundle::Rollout) {
@@ -208,8 +272,10 @@ impl Metrics {
         self.bundle_writes.get_or_create(&AuthorityLabels { authority: authority.into() }).inc_by(u64::from(r.writes));
     }
 
-    /// Sets the phase gauge; `entered` also counts a transition when the phase changed.
-    pub fn phase_changed(&self, authority: &str, current: &str) {
+    /// Sets the phase gauges: which phase, since when (Unix seconds); a change of phase also
+    /// counts a transition.
+    pub fn phase_changed(&self, authority: &str, current: &str, since: i64) {
+        self.phase_start.get_or_create(&AuthorityLabels { authority: authority.into() }).set(since);
         for p in crate::api::Phase::ALL {
             let l = PhaseLabels { authority: authority.into(), phase: p.as_str().into() };
             let was = self.phase.get_or_create(&l).get();
@@ -227,6 +293,8 @@ impl Metrics {
         let l = AuthorityLabels { authority: authority.into() };
         self.ca_expiry.remove(&l);
         self.bundle_version.remove(&l);
+        self.phase_start.remove(&l);
+        self.auto_rotate_at.remove(&l);
         for state in ["current", "total"] {
             let r = RolloutLabels { authority: authority.into(), state: state.into() };
             self.bundle_namespaces.remove(&r);
@@ -237,9 +305,60 @@ impl Metrics {
         }
     }
 
-    pub fn set_authority(&self, authority: &str, ca_not_after: i64, bundle_version: i64) {
+    pub fn set_authority(&self, authority: &str, ca_not_after: i64, auto_rotate_at: i64, bundle_version: i64) {
         let l = AuthorityLabels { authority: authority.into() };
         self.ca_expiry.get_or_create(&l).set(ca_not_after);
+        self.auto_rotate_at.get_or_create(&l).set(auto_rotate_at);
         self.bundle_version.get_or_create(&l).set(bundle_version);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(m: &Metrics, name: &str) -> Vec<String> {
+        m.render().lines().filter(|l| l.starts_with(name)).map(String::from).collect()
+    }
+
+    #[test]
+    fn a_not_ready_identity_has_one_series_with_its_current_reason() {
+        let m = Metrics::default();
+        assert!(series(&m, "mtls_operator_identity_not_ready").is_empty(), "no series while nothing is wrong");
+        m.identity_not_ready("shop", "web", "corp", "PolicyViolation");
+        m.identity_not_ready("shop", "web", "corp", "PolicyViolation");
+        m.identity_not_ready("shop", "web", "corp", "SecretConflict");
+        m.identity_not_ready("shop", "db", "corp", "PolicyViolation");
+        let s = series(&m, "mtls_operator_identity_not_ready");
+        assert_eq!(s.len(), 2, "{s:?}");
+        assert!(
+            s.iter()
+                .any(|l| l.contains("name=\"web\"") && l.contains("reason=\"SecretConflict\"") && l.ends_with(" 1")),
+            "{s:?}"
+        );
+        m.set_identity("shop", "web", 100, 50);
+        m.forget_identity("shop", "db");
+        assert!(series(&m, "mtls_operator_identity_not_ready").is_empty());
+    }
+
+    #[test]
+    fn phase_start_and_auto_rotation_due_are_exported_and_forgotten() {
+        let m = Metrics::default();
+        m.set_authority("corp", 1000, 700, 3);
+        m.phase_changed("corp", "Reissuing", 42);
+        let text = m.render();
+        for line in [
+            "mtls_operator_ca_auto_rotate_timestamp_seconds{authority=\"corp\"} 700",
+            "mtls_operator_authority_phase_start_timestamp_seconds{authority=\"corp\"} 42",
+            "mtls_operator_authority_phase{authority=\"corp\",phase=\"Reissuing\"} 1",
+            "mtls_operator_leader 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.forget_authority("corp");
+        assert!(
+            series(&m, "mtls_operator_ca_auto_rotate").is_empty()
+                && series(&m, "mtls_operator_authority_phase_start").is_empty()
+        );
     }
 }

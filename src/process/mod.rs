@@ -102,6 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let synced = ready_when_synced(api_health.clone(), [authorities.synced, identities.synced]);
 
     tracing::info!(namespace = %config.namespace, "starting controllers");
+    metrics.leader.set(1);
     let lost = Arc::new(AtomicBool::new(false));
     let leadership = keep_leading(client.clone(), leader.clone(), lost.clone(), stop.clone());
     run_until_stopped(
@@ -113,6 +114,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     .await;
 
     api_health.set_synced(false);
+    metrics.leader.set(0);
     if let (Some(cfg), false) = (&leader, lost.load(Ordering::Relaxed)) {
         let _ = tokio::time::timeout(Duration::from_secs(5), leader::release(&client, cfg)).await;
     }
