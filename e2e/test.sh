@@ -32,6 +32,9 @@ fi
 cleanup() { if [ "$started" = 1 ]; then e2e/cluster.sh down; fi; }
 trap cleanup EXIT
 e2e/image.sh import >/dev/null
+# The alerting end-to-end test runs a real Prometheus (built with promtool by check-chart.sh).
+MTLS_E2E_PROMETHEUS_BIN=$(e2e/build-prometheus.sh)
+export MTLS_E2E_PROMETHEUS_BIN
 export MTLS_E2E_KUBECONFIG="${MTLS_E2E_DIR:-$PWD/target/e2e-cluster}/kubeconfig"
 step "cargo test"
 cargo test --locked --lib --bins --tests -- "$@"
