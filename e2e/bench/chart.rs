@@ -5,17 +5,10 @@
 
 use std::path::Path;
 
-use anyhow::{Context as _, anyhow};
-use plotters::{
-    prelude::*,
-    style::{FontStyle, register_font},
-};
+use anyhow::anyhow;
+use plotters::prelude::*;
 
-const FONT_PATHS: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-];
+use crate::font::load_font;
 
 pub struct ChartData {
     pub title: String,
@@ -33,17 +26,6 @@ pub struct ChartData {
     pub operator: Vec<(f64, f64, f64)>,
     /// The run's phases, seconds after the operator started: (name, start, end).
     pub phases: Vec<(String, f64, f64)>,
-}
-
-fn load_font() -> anyhow::Result<()> {
-    let path = FONT_PATHS
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or_else(|| anyhow!("no DejaVuSans.ttf found (install fonts-dejavu-core); looked in {FONT_PATHS:?}"))?;
-    let bytes: &'static [u8] =
-        Box::leak(std::fs::read(path).with_context(|| format!("reading {path}"))?.into_boxed_slice());
-    register_font("sans-serif", FontStyle::Normal, bytes).map_err(|_| anyhow!("{path} is not a usable font"))?;
-    Ok(())
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {

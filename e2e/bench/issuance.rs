@@ -51,6 +51,7 @@ mod accounting;
 mod ceiling;
 mod chart;
 mod floor;
+mod font;
 mod measure;
 mod procstat;
 mod report;

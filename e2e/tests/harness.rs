@@ -103,7 +103,7 @@ pub struct Operator {
 
 static OPERATOR: OnceLock<Operator> = OnceLock::new();
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod alerts;
 mod bad_input;
 mod bundles;
 mod fixtures;
