@@ -1,5 +1,5 @@
 //! `kubectl mtls`: the kubectl plugin (see `mtls_operator::cli`). On PATH as `kubectl-mtls`,
-//! kubectl runs it for `kubectl mtls ...`. Install: `cargo install --path . --bin kubectl-mtls`.
+//! kubectl runs it for `kubectl mtls ...`. Install: `cargo install --locked --path . --bin kubectl-mtls`.
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
