@@ -116,28 +116,6 @@ pub async fn renew(s: &Session, a: &RenewArgs) -> anyhow::Result<i32> {
     }
 }
 
-async fn get_authority(s: &Session, name: &str) -> anyhow::Result<MtlsAuthority> {
-    let api: Api<MtlsAuthority> = Api::all(s.client.clone());
-    match api.get_opt(name).await.map_err(|e| explain(e, "get", "mtlsauthorities.mtls.io", None))? {
-        Some(a) => Ok(a),
-        None => {
-            let known: Vec<String> = api
-                .list(&ListParams::default())
-                .await
-                .map(|l| l.items.iter().map(|a| a.name_any()).collect())
-                .unwrap_or_default();
-            Err(anyhow!(
-                "no MtlsAuthority named {name:?}{}",
-                if known.is_empty() {
-                    " (there are none)".to_string()
-                } else {
-                    format!("; there are: {}", known.join(", "))
-                }
-            ))
-        }
-    }
-}
-
 fn phase_of(a: &MtlsAuthority) -> Phase {
     a.status.as_ref().and_then(|s| s.rotation.as_ref()).map(|r| r.phase).unwrap_or_default()
 }
@@ -166,7 +144,7 @@ async fn patch_rotation(s: &Session, name: &str, rotation: serde_json::Value) ->
 }
 
 pub async fn rotate(s: &Session, a: &SteerArgs) -> anyhow::Result<i32> {
-    let auth = get_authority(s, &a.authority).await?;
+    let auth = s.authority(&a.authority).await?;
     let phase = phase_of(&auth);
     if phase != Phase::Stable {
         bail!(
@@ -206,7 +184,7 @@ pub async fn rotate(s: &Session, a: &SteerArgs) -> anyhow::Result<i32> {
 }
 
 pub async fn rollback(s: &Session, a: &SteerArgs) -> anyhow::Result<i32> {
-    let auth = get_authority(s, &a.authority).await?;
+    let auth = s.authority(&a.authority).await?;
     let phase = phase_of(&auth);
     let rot = auth.status.as_ref().and_then(|s| s.rotation.clone()).unwrap_or_default();
     if phase == Phase::Stable {
@@ -261,7 +239,7 @@ async fn follow(
     loop {
         let next = tokio::time::timeout(Duration::from_secs(5), changes.next()).await;
         if t0.elapsed() > timeout {
-            let phase = get_authority(s, name).await.map(|a| phase_of(&a).as_str()).unwrap_or("unknown");
+            let phase = s.authority(name).await.map(|a| phase_of(&a).as_str()).unwrap_or("unknown");
             bail!(
                 "timed out after {}s in phase {phase}; `kubectl mtls status --authority {name}` says what holds it",
                 timeout.as_secs()

@@ -258,6 +258,25 @@ impl Session {
         }
     }
 
+    /// The authority `name`; if there is none, the error lists those that exist.
+    pub async fn authority(&self, name: &str) -> anyhow::Result<crate::api::MtlsAuthority> {
+        let api: Api<crate::api::MtlsAuthority> = Api::all(self.client.clone());
+        if let Some(a) = api.get_opt(name).await.map_err(|e| explain(e, "get", "mtlsauthorities.mtls.io", None))? {
+            return Ok(a);
+        }
+        let known: Vec<String> = api
+            .list(&Default::default())
+            .await
+            .map(|l| l.items.iter().map(kube::ResourceExt::name_any).collect())
+            .unwrap_or_default();
+        let which = if known.is_empty() {
+            " (there are none)".to_string()
+        } else {
+            format!("; there are: {}", known.join(", "))
+        };
+        Err(anyhow!("no MtlsAuthority named {name:?}{which}"))
+    }
+
     /// Whether the operator is running, from its leader-election Lease.
     pub async fn operator(&self) -> OperatorHealth {
         let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.global.operator_namespace);

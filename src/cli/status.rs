@@ -437,26 +437,7 @@ pub async fn run(s: &Session, a: &StatusArgs) -> anyhow::Result<i32> {
     let client = &s.client;
     let auth_api: Api<MtlsAuthority> = Api::all(client.clone());
     let authorities = match &a.authority {
-        Some(name) => {
-            match auth_api.get_opt(name).await.map_err(|e| explain(e, "get", "mtlsauthorities.mtls.io", None))? {
-                Some(x) => vec![x],
-                None => {
-                    let known: Vec<String> = auth_api
-                        .list(&ListParams::default())
-                        .await
-                        .map(|l| l.items.iter().map(|x| x.name_any()).collect())
-                        .unwrap_or_default();
-                    anyhow::bail!(
-                        "no MtlsAuthority named {name:?}{}",
-                        if known.is_empty() {
-                            " (there are none)".to_string()
-                        } else {
-                            format!("; there are: {}", known.join(", "))
-                        }
-                    );
-                }
-            }
-        }
+        Some(name) => vec![s.authority(name).await?],
         None => {
             auth_api
                 .list(&ListParams::default())
